@@ -1,0 +1,28 @@
+# The two commands a new user needs:  `make demo` (the main job)  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: install demo test lint benchmarks dashboards
+
+$(BIN)/llm-probe-exporter: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $@
+
+install: $(BIN)/llm-probe-exporter
+
+demo: install
+	$(BIN)/llm-probe-exporter demo
+
+lint: install
+	$(BIN)/ruff check exporter tests
+	$(BIN)/ruff format --check exporter tests
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/python -m pytest
+
+benchmarks: install
+	$(BIN)/python tests/benchmarks/engine_accuracy.py
