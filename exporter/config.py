@@ -185,8 +185,7 @@ def adhoc_config(
     }
     config = config_from_dict(doc)
     servers = tuple(
-        replace(s, models=tuple(replace(m, probe=probe) for m in s.models))
-        for s in config.servers
+        replace(s, models=tuple(replace(m, probe=probe) for m in s.models)) for s in config.servers
     )
     return replace(config, servers=servers, probe=probe)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.backends.base import CANCELLED, ERROR, SUCCESS, TIMEOUT, Backend, Outcome, new_session
+from exporter.backends.base import CANCELLED, ERROR, SUCCESS, TIMEOUT, Backend, HttpClient, Outcome
 from exporter.memory import MemorySampler, MemoryWindow
 from exporter.results import LevelResult
 
@@ -78,7 +78,7 @@ async def run_level(
         if on_outcome is not None:
             on_outcome(outcome)
 
-    session = new_session(concurrency)
+    client = HttpClient(concurrency)
     try:
         sampler.begin()
         t0 = time.perf_counter()
@@ -89,7 +89,7 @@ async def run_level(
                 live.in_flight += 1
                 sent = time.perf_counter()
                 try:
-                    outcome = await backend.execute(session, timeout)
+                    outcome = await backend.execute(client, timeout)
                 except asyncio.CancelledError:
                     # The memory guard (or shutdown) cut this request off: it counts.
                     record(Outcome(ERROR, time.perf_counter() - sent, reason=CANCELLED))
@@ -123,7 +123,7 @@ async def run_level(
         elapsed = time.perf_counter() - t0
         window = await sampler.finish()
     finally:
-        await session.close()
+        await client.close()
     live.memory_ratio = window.end
     return summarise(concurrency, outcomes, elapsed, window, aborted)
 

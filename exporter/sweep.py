@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import psutil
 
-from exporter.backends import Backend, Outcome, backend_for, new_session
+from exporter.backends import Backend, HttpClient, Outcome, backend_for
 from exporter.config import ModelConfig, ProbeSettings, ServerConfig
 from exporter.engine import LiveLevel, run_level
 from exporter.memory import MemorySampler, find_processes
@@ -63,11 +63,8 @@ def judge(level: LevelResult, settings: ProbeSettings) -> tuple[bool, str | None
 
 async def warm_up(backend: Backend) -> Outcome:
     """One uncounted request; its latency (or the server's own load time) is cold start."""
-    session = new_session(1)
-    try:
-        return await backend.execute(session, backend.settings.timeout_s)
-    finally:
-        await session.close()
+    async with HttpClient(1) as client:
+        return await backend.execute(client, backend.settings.timeout_s)
 
 
 async def run_sweep(

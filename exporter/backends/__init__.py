@@ -5,6 +5,7 @@ from __future__ import annotations
 from exporter.backends.base import (
     ERROR_REASONS,
     Backend,
+    HttpClient,
     Outcome,
     new_session,
 )
@@ -19,4 +20,12 @@ def backend_for(server: ServerConfig, model: ModelConfig) -> Backend:
     return BACKENDS[server.api](server, model)
 
 
-__all__ = ["BACKENDS", "ERROR_REASONS", "Backend", "Outcome", "backend_for", "new_session"]
+__all__ = [
+    "BACKENDS",
+    "ERROR_REASONS",
+    "Backend",
+    "HttpClient",
+    "Outcome",
+    "backend_for",
+    "new_session",
+]

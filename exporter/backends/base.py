@@ -8,7 +8,7 @@ timing, timeouts, HTTP status mapping and the stale-connection retry live here o
 from __future__ import annotations
 
 import asyncio
-import errno
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -107,19 +107,50 @@ def tracing() -> aiohttp.TraceConfig:
     return config
 
 
-def new_session(limit: int) -> aiohttp.ClientSession:
-    """The HTTP client for one level: pooled, at least `limit` connections, no own timeouts.
+def new_session(limit: int, *, reuse: bool = True) -> aiohttp.ClientSession:
+    """An HTTP session with at least `limit` connections and no timeouts of its own.
 
     Timeouts are the engine's (one deadline per request over the whole answer), so
-    aiohttp's are disabled rather than stacked.
+    aiohttp's are disabled rather than stacked. `reuse=False`: a new connection for
+    every request.
     """
-    connector = aiohttp.TCPConnector(limit=max(limit, 1), limit_per_host=0, ttl_dns_cache=300)
+    connector = aiohttp.TCPConnector(
+        limit=max(limit, 1), limit_per_host=0, ttl_dns_cache=300, force_close=not reuse
+    )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None),
         trace_configs=[tracing()],
         auto_decompress=True,
     )
+
+
+class HttpClient:
+    """The HTTP client of one level: one pool of at least `limit` connections, shared by
+    all its users, plus a pool-less session opened only for servers that turn out to
+    close the connection after each streamed answer (see `Backend.execute`).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 1)
+        self.pooled = new_session(self.limit)
+        self._fresh: aiohttp.ClientSession | None = None
+
+    def fresh(self) -> aiohttp.ClientSession:
+        if self._fresh is None:
+            self._fresh = new_session(self.limit, reuse=False)
+        return self._fresh
+
+    async def close(self) -> None:
+        await self.pooled.close()
+        if self._fresh is not None:
+            await self._fresh.close()
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
 
 
 @dataclass(frozen=True)
@@ -138,6 +169,8 @@ class Backend(ABC):
         self.server = server
         self.model = model
         self.settings = model.probe
+        # Learned while probing: the server closes the connection after streamed answers.
+        self.closes_after_stream = False
 
     @abstractmethod
     def build(self, *, max_tokens: int | None = None, stream: bool | None = None) -> HttpRequest:
@@ -153,7 +186,7 @@ class Backend(ABC):
 
     async def execute(
         self,
-        session: aiohttp.ClientSession,
+        client: HttpClient,
         timeout_s: float,
         *,
         max_tokens: int | None = None,
@@ -161,32 +194,34 @@ class Backend(ABC):
     ) -> Outcome:
         """Send one request and classify it. Never raises, except CancelledError.
 
-        llama.cpp's llama-server closes the connection right after each streamed answer
-        while still sending `Keep-Alive`, so a pooled connection can be handed out just as
-        it dies. A request that fails on a *reused* connection before any byte of the
-        answer came back never reached the model: it is sent again (at most
-        STALE_CONNECTION_RETRIES times), on a fresh connection. Anything else counts.
+        Pooled connections can die under us: llama.cpp's llama-server closes the
+        connection right after each streamed answer while still sending `Keep-Alive`, and
+        any server may close an idle keep-alive connection just as we reuse it. A request
+        that fails on a *reused* connection before any byte of the answer came back never
+        reached the model: it is sent again, at most STALE_CONNECTION_RETRIES times, on a
+        new connection, and its latency includes that. Anything else counts as what it is.
+        When that happens to a streamed request, the server is one that closes after
+        streams: from then on this backend's streamed requests skip the pool (a new
+        connection each), rather than finding a dead one nearly every time at interval 0.
+        Servers that keep connections alive keep the pool, which is much cheaper at
+        hundreds of users (see the engine benchmark in the README).
         """
         streaming = self.settings.stream if stream is None else stream
         request = self.build(max_tokens=max_tokens, stream=streaming)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                return await self._send(session, request, streaming, started)
+                return await self._send(client, request, streaming, started)
         except TimeoutError:
             return Outcome(
                 TIMEOUT, time.perf_counter() - started, detail=f"no answer in {timeout_s:g}s"
             )
 
     async def _send(
-        self,
-        session: aiohttp.ClientSession,
-        request: HttpRequest,
-        streaming: bool,
-        started: float,
+        self, client: HttpClient, request: HttpRequest, streaming: bool, started: float
     ) -> Outcome:
-        attempt = 0
-        while True:
+        session = client.fresh() if streaming and self.closes_after_stream else client.pooled
+        for attempt in range(STALE_CONNECTION_RETRIES + 1):
             trace = _RequestTrace()
             try:
                 response = await session.post(
@@ -199,13 +234,20 @@ class Backend(ABC):
                 # Before ClientOSError: it is a subclass, and means "never connected".
                 return self._error(started, CONNECT, _describe(exc))
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if trace.reused and attempt < STALE_CONNECTION_RETRIES and _is_stale(exc):
-                    attempt += 1
+                if trace.reused and attempt < STALE_CONNECTION_RETRIES:
+                    if streaming:
+                        self.closes_after_stream = True
+                    session = client.fresh()
                     continue
                 return self._error(started, DISCONNECTED, _describe(exc))
             except aiohttp.ClientError as exc:
                 return self._error(started, DISCONNECTED, _describe(exc))
-            break
+            return await self._receive(response, streaming, started)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _receive(
+        self, response: aiohttp.ClientResponse, streaming: bool, started: float
+    ) -> Outcome:
         async with response:
             if response.status >= 400:
                 text = await _short_body(response)
@@ -242,12 +284,6 @@ class Backend(ABC):
         return base + path
 
 
-def _is_stale(exc: BaseException) -> bool:
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return True
-    return getattr(exc, "errno", None) in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED)
-
-
 def _status_reason(status: int) -> str:
     if status in (429, 503):
         return OVERLOADED
@@ -266,6 +302,26 @@ async def _short_body(response: aiohttp.ClientResponse) -> str:
         raw = b""
     body = raw.decode("utf-8", "replace").strip().replace("\n", " ")
     return f"HTTP {response.status}: {body}" if body else f"HTTP {response.status}"
+
+
+def json_object(data: bytes) -> dict[str, Any]:
+    """Decode one JSON object of an answer.
+
+    A document that is valid JSON cut off at its end is `truncated` (the server stopped
+    mid-answer); anything else that does not decode is `invalid_response`.
+    """
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        text = data.decode("utf-8", "replace").rstrip()
+        cut_short = (
+            isinstance(exc, json.JSONDecodeError) and exc.pos >= len(text) and text[:1] in "{["
+        )
+        reason = TRUNCATED if cut_short and text else INVALID_RESPONSE
+        raise AnswerError(reason, f"not JSON: {data[:80]!r}") from None
+    if not isinstance(doc, dict):
+        raise AnswerError(INVALID_RESPONSE, f"not a JSON object: {data[:80]!r}")
+    return doc
 
 
 def require(condition: bool, detail: str, reason: str = INVALID_RESPONSE) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -10,13 +9,12 @@ import aiohttp
 
 from exporter.backends.base import (
     HTTP_5XX,
-    INVALID_RESPONSE,
     TRUNCATED,
     Answer,
     AnswerError,
     Backend,
     HttpRequest,
-    require,
+    json_object,
 )
 
 _NS = 1e-9
@@ -48,12 +46,13 @@ class OllamaBackend(Backend):
             line = raw.strip()
             if not line:
                 continue
-            obj = _json(line)
+            obj = json_object(line)
             if "error" in obj:
                 raise AnswerError(HTTP_5XX, f"error in answer: {str(obj['error'])[:120]}")
             if _text(obj):
                 chunks += 1
-                if answer.first_token_at is None:
+                # Without streaming the first token arrives with the last: no TTFT.
+                if stream and answer.first_token_at is None:
                     answer.first_token_at = time.perf_counter()
             if obj.get("done") is True:
                 final = obj
@@ -84,12 +83,3 @@ def _text(obj: dict[str, Any]) -> str:
         return content if isinstance(content, str) else ""
     response = obj.get("response")
     return response if isinstance(response, str) else ""
-
-
-def _json(line: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        raise AnswerError(INVALID_RESPONSE, f"not JSON: {line[:80]!r}") from None
-    require(isinstance(obj, dict), f"not a JSON object: {line[:80]!r}")
-    return obj  # type: ignore[no-any-return]

@@ -19,6 +19,7 @@ from exporter.backends.base import (
     AnswerError,
     Backend,
     HttpRequest,
+    json_object,
     require,
 )
 
@@ -63,7 +64,7 @@ class OpenAIBackend(Backend):
             data = line[5:].strip()
             if data == b"[DONE]":
                 break
-            chunk = _json(data)
+            chunk = json_object(data)
             if "error" in chunk:
                 raise AnswerError(HTTP_5XX, f"error event in stream: {_brief(chunk['error'])}")
             usage = chunk.get("usage")
@@ -89,7 +90,7 @@ class OpenAIBackend(Backend):
 
 
 def _parse_completion(raw: bytes) -> Answer:
-    doc = _json(raw)
+    doc = json_object(raw)
     if "error" in doc and "choices" not in doc:
         raise AnswerError(HTTP_5XX, f"error body with status 200: {_brief(doc['error'])}")
     choices = doc.get("choices")
@@ -114,16 +115,6 @@ def _choice_text(choice: dict[str, Any]) -> str:
         return content if isinstance(content, str) else ""
     text = choice.get("text")
     return text if isinstance(text, str) else ""
-
-
-def _json(data: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        raise AnswerError(INVALID_RESPONSE, f"not JSON: {data[:80]!r}") from None
-    if not isinstance(doc, dict):
-        raise AnswerError(INVALID_RESPONSE, f"not a JSON object: {data[:80]!r}")
-    return doc
 
 
 def _brief(value: object) -> str:
