@@ -171,7 +171,15 @@ def test_probe_config_selects_models_and_applies_flag_overrides(
     sim = sim_process("seed", time_scale=0.1)
     example = (REPO / "deploy/examples/seed.yaml").read_text()
     config = tmp_path / "seed.yaml"
-    config.write_text(example.replace("http://127.0.0.1:8000", sim.url))
+    import psutil
+
+    assert sim.proc is not None
+    name = psutil.Process(sim.proc.pid).name()
+    config.write_text(
+        example.replace("http://127.0.0.1:8000", sim.url).replace(
+            "    api: openai\n", f"    api: openai\n    process_name: {name}\n"
+        )
+    )
     out = tmp_path / "r.json"
     proc = run(
         "probe", "--config", str(config), "--model", "qwen_coder", "--levels", "1,2",
@@ -183,6 +191,8 @@ def test_probe_config_selects_models_and_applies_flag_overrides(
     assert models[0]["server"] == "multi_model_server"
     assert models[0]["plan"]["levels"] == [1, 2] and models[0]["plan"]["stream"] is False
     assert models[0]["levels"][0]["ttft_mean_s"] is None  # not streamed
+    # The simulator's own RSS, sampled with host memory (process_name).
+    assert models[0]["levels"][0]["server_rss_peak_bytes"] > 10 * 2**20
     # The config's notes end up in the report's server configuration section.
     assert "### Configuración del Servidor" in proc.stdout
     assert "- Optimizaciones ARM Axion aplicadas" in proc.stdout
