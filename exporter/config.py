@@ -20,7 +20,7 @@ import yaml
 from exporter.durations import parse_duration
 from exporter.results import Plan
 
-DEFAULT_PORT = 9464
+DEFAULT_PORT = 8464
 APIS = ("openai", "ollama")
 ENDPOINTS = {"openai": ("chat", "completions"), "ollama": ("chat", "generate")}
 LANGS = ("en", "es")
@@ -410,7 +410,7 @@ def _web(doc: object) -> WebConfig:
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
-    """':9464' -> ('0.0.0.0', 9464); '127.0.0.1:9464'; '[::1]:9464'."""
+    """':8464' -> ('0.0.0.0', 8464); '127.0.0.1:8464'; '[::1]:8464'."""
     m = re.match(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d+)$", address)
     if not m:
         raise ValueError(f"{address!r} is not HOST:PORT (e.g. :{DEFAULT_PORT})")

@@ -40,7 +40,7 @@ def test_defaults_are_the_seed_methodology(tmp_path: Path) -> None:
     assert (probe.duration_s, probe.interval_s, probe.timeout_s) == (25.0, 3.0, 60.0)
     assert probe.memory_limit == 0.90
     assert probe.max_error_ratio == 0.0
-    assert config.web.listen_address == ":9464"
+    assert config.web.listen_address == ":8464"
 
 
 def test_per_model_override_keeps_the_rest_of_the_defaults(tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ BAD = [
     (GOOD + "snapshot:\n  lang: fr\n", "snapshot.lang: 'fr' is not one of en, es"),
     (
         GOOD + "web:\n  listen_address: localhost\n",
-        "web.listen_address: 'localhost' is not HOST:PORT (e.g. :9464)",
+        "web.listen_address: 'localhost' is not HOST:PORT (e.g. :8464)",
     ),
     ("servers: []\n", "servers: must be a non-empty list"),
     ("probe: {}\n", "servers: required (a list of model servers to probe)"),
