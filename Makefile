@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: install demo test lint benchmarks dashboards
+.PHONY: install demo test lint benchmarks dashboards deps
 
 $(BIN)/llm-probe-exporter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,3 +26,8 @@ test: install lint
 
 benchmarks: install
 	$(BIN)/python tests/benchmarks/engine_accuracy.py
+
+# System packages the tests use (Debian; needs root): Prometheus' promtool and Alertmanager.
+deps:
+	command -v promtool >/dev/null && command -v amtool >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager openssl)

@@ -10,10 +10,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,14 +20,19 @@ from typing import Any
 from exporter import __version__
 from exporter.config import (
     APIS,
+    DEFAULT_PORT,
     LANGS,
     Config,
     ConfigError,
     ProbeSettings,
     adhoc_config,
+    config_from_dict,
     load_config,
     override_probe,
+    parse_levels,
+    parse_listen_address,
 )
+from exporter.files import atomic_write
 from exporter.results import ModelResult, ResultsError, results_from_json, results_to_json
 
 PROG = "llm-probe-exporter"
@@ -114,10 +117,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=float, default=1.0, help="multiply every duration")
     p.set_defaults(handler=cmd_simulate)
 
+    p = sub.add_parser("serve", help="the long-running exporter")
+    p.add_argument("--config", "--config.file", dest="config", metavar="FILE", required=True)
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        metavar="ADDR",
+        help=f"address to serve on (overrides web.listen_address; default :{DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        metavar="FILE",
+        help="TLS and basic auth, in the Prometheus exporter-toolkit format",
+    )
+    _log_flags(p)
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("demo", help="the simulator and the exporter, on an embedded config")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="exporter port (%(default)s)")
+    p.add_argument("--sim-port", type=int, default=0, help="simulator port (default: any free)")
+    p.add_argument("--time-scale", type=float, default=0.12, help="simulator and plan scale")
+    p.add_argument("--levels", default="1,2,4,8,12,16,20", help="levels (%(default)s)")
+    p.add_argument("--sweep-every", default="5m", help="time between sweeps (%(default)s)")
+    p.add_argument("--dir", default="demo-output", help="snapshot and state folder")
+    p.add_argument("--lang", choices=LANGS, default="en")
+    _log_flags(p)
+    p.set_defaults(handler=cmd_demo)
+
     p = sub.add_parser("check-config", help="validate a config file and exit")
     p.add_argument("--config", "--config.file", dest="config", metavar="FILE", required=True)
     p.set_defaults(handler=cmd_check_config)
     return parser
+
+
+def _log_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+    )
+    p.add_argument("--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt")
 
 
 # --- probe -------------------------------------------------------------------------------
@@ -195,10 +236,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
     results = asyncio.run(sweep_all())
     notes = [n for s in config.servers for n in s.notes]
     if args.json_path:
-        write_text(args.json_path, json.dumps(results_to_json(results), indent=2) + "\n")
+        atomic_write(args.json_path, json.dumps(results_to_json(results), indent=2) + "\n")
     report = render_report(results, lang=lang, notes=notes)
     if args.markdown:
-        write_text(args.markdown, report)
+        atomic_write(args.markdown, report)
     sys.stdout.write(render_report(results, lang=lang, notes=notes, chart=False))
     sys.stdout.flush()
     return EXIT_OK
@@ -225,9 +266,107 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         raise ResultsError(f"{path}: {exc}") from None
     report = render_report(results, lang=args.lang, notes=args.note)
     if args.out:
-        write_text(args.out, report)
+        atomic_write(args.out, report)
     else:
         sys.stdout.write(report)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from exporter.logs import setup_logging
+    from exporter.service import Exporter, serve_forever
+
+    config = load_config(args.config)
+    if args.listen_address is not None:
+        try:
+            parse_listen_address(args.listen_address)
+        except ValueError as exc:
+            raise UsageError(f"--web.listen-address: {exc}") from None
+    web_config = None
+    if args.web_config:
+        from exporter.webconfig import WebConfigError, load_web_config
+
+        try:
+            web_config = load_web_config(args.web_config)
+        except WebConfigError as exc:
+            raise UsageError(str(exc)) from None
+    setup_logging(args.log_level, args.log_format)
+    exporter = Exporter(
+        config,
+        config_path=args.config,
+        listen_address=args.listen_address,
+        web_config=web_config,
+    )
+    try:
+        asyncio.run(serve_forever(exporter))
+    except OSError as exc:  # the port is taken, the state folder is not writable, ...
+        raise UsageError(str(exc)) from None
+    return EXIT_OK
+
+
+def demo_config(args: argparse.Namespace, sim_url: str) -> Config:
+    """The embedded demo config: the seed's plan, scaled like the simulator."""
+    scale = args.time_scale
+    out = Path(args.dir)
+    doc = {
+        "servers": [
+            {
+                "name": "multi_model_server",
+                "url": sim_url,
+                "api": "openai",
+                "models": ["phi4_fast", "qwen_coder"],
+                "notes": [f"Simulated (built-in seed profile, time scale {scale:g})"],
+            }
+        ],
+        "probe": {
+            "levels": list(parse_levels(args.levels)),
+            "duration": 25 * scale,
+            "interval": 3 * scale,
+            "timeout": 60 * scale,
+        },
+        "schedule": {"sweep": args.sweep_every, "heartbeat": "10s", "run_on_start": True},
+        "snapshot": {"path": str(out / "snapshot.md"), "lang": args.lang, "every": "1m"},
+        "web": {"listen_address": f"127.0.0.1:{args.port}"},
+        "state_dir": str(out / "state"),
+    }
+    return config_from_dict(doc)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from exporter.logs import setup_logging
+    from exporter.service import Exporter, serve_forever
+    from exporter.simulator import Simulator, builtin_profile
+
+    if args.time_scale <= 0:
+        raise UsageError("--time-scale: must be greater than 0")
+    setup_logging(args.log_level, args.log_format)
+
+    async def demo() -> None:
+        sim = Simulator(builtin_profile("seed"), time_scale=args.time_scale)
+        await sim.start("127.0.0.1", args.sim_port)
+        try:
+            config = demo_config(args, sim.url)
+            exporter = Exporter(config)
+            base = f"http://127.0.0.1:{args.port}"
+            print(
+                f"llm-probe-exporter demo (simulator: seed profile, time scale "
+                f"{args.time_scale:g})\n"
+                f"  simulator  {sim.url}\n"
+                f"  overview   {base}/\n"
+                f"  metrics    {base}/metrics\n"
+                f"  results    {base}/api/v1/results\n"
+                f"  snapshot   {config.snapshot.path} (rewritten after each sweep)\n"
+                f"Sweeping now, then every {args.sweep_every}. Ctrl-C stops.",
+                flush=True,
+            )
+            await serve_forever(exporter, reload_on_sighup=False)
+        finally:
+            await sim.stop()
+
+    try:
+        asyncio.run(demo())
+    except OSError as exc:
+        raise UsageError(str(exc)) from None
     return EXIT_OK
 
 
@@ -270,18 +409,3 @@ def run_until_signalled(coro: Any) -> None:
             await task
 
     asyncio.run(runner())
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write atomically: a temp file beside the target, fsync, rename (never a torn file)."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

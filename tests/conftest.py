@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -105,3 +106,127 @@ def sim_process(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
     yield start
     for proc in procs:
         proc.stop()
+
+
+class ServeProcess:
+    """`llm-probe-exporter serve` as a real child process, logs collected as JSON lines."""
+
+    def __init__(self, config: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.config = config
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[str] | None = None
+        self.logs: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._reader: Any = None
+        self.scheme = "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> ServeProcess:
+        import json
+        import threading
+
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "exporter", "serve",
+                "--config.file", str(self.config),
+                "--web.listen-address", f"127.0.0.1:{self.port}",
+                "--log.format", "json", *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+
+        def read() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.raw.append(line)
+                with contextlib.suppress(ValueError):
+                    self.logs.append(json.loads(line))
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        if wait:
+            wait_for_port(self.port)
+        return self
+
+    def messages(self) -> list[str]:
+        return [entry.get("msg", "") for entry in self.logs]
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout=timeout)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return code
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def serve_process() -> Iterator[Callable[..., ServeProcess]]:
+    procs: list[ServeProcess] = []
+
+    def start(
+        config: Path, *extra: str, port: int | None = None, wait: bool = True
+    ) -> ServeProcess:
+        proc = ServeProcess(config, *extra, port=port).start(wait=wait)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+def scrape(url: str, timeout: float = 10, **kwargs: Any) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout, **kwargs) as response:
+        return str(response.read().decode("utf-8"))
+
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def metric(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def until(check: Callable[[], Any], timeout_s: float = 60, every_s: float = 0.2) -> Any:
+    """Poll `check` until it returns something truthy (bounded; raises on time-out)."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except OSError as exc:  # not listening yet, connection reset, ...
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met in {timeout_s}s (last: {last!r})")
