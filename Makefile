@@ -26,6 +26,7 @@ test: install lint
 
 benchmarks: install
 	$(BIN)/python tests/benchmarks/engine_accuracy.py
+	$(BIN)/python tests/benchmarks/scrape_during_sweep.py
 
 # System packages the tests use (Debian; needs root): Prometheus' promtool and Alertmanager.
 deps:

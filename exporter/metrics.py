@@ -33,7 +33,6 @@ disable_created_metrics()
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)
 LAST_SWEEP = "From the last completed sweep, not measured at scrape time."
 SWEEP_RESULTS = ("completed", "aborted", "failed")
-DEFERRED_REASONS = ("busy",)
 
 
 class SweepCollector(Collector):
@@ -226,12 +225,6 @@ class ExporterMetrics:
             [*labels, "result"],
             registry=r,
         )
-        self.deferred = Counter(
-            "llm_probe_sweeps_deferred",
-            "Sweeps put off, by reason.",
-            [*labels, "reason"],
-            registry=r,
-        )
         self.memory_limit = Gauge(
             "llm_probe_memory_limit_ratio",
             "The configured host memory limit (probe.memory_limit).",
@@ -266,8 +259,6 @@ class ExporterMetrics:
                 _remove(self.errors, model, server, reason)
             for result in SWEEP_RESULTS:
                 _remove(self.sweeps, model, server, result)
-            for why in DEFERRED_REASONS:
-                _remove(self.deferred, model, server, why)
         for server, model in wanted - self._targets:
             self.requests.labels(model, server)
             self.timeouts.labels(model, server)
@@ -278,8 +269,6 @@ class ExporterMetrics:
                 self.errors.labels(model, server, reason)
             for result in SWEEP_RESULTS:
                 self.sweeps.labels(model, server, result)
-            for why in DEFERRED_REASONS:
-                self.deferred.labels(model, server, why)
         self._targets = wanted
         self.memory_limit.set(memory_limit)
 

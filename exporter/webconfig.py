@@ -309,14 +309,12 @@ def load_web_config(path: str | Path) -> WebConfig:
     except OSError as exc:
         raise WebConfigError(f"{label}: cannot read ({exc.strerror})") from None
     try:
-        doc = yaml.load(raw, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        doc = yaml.load(raw, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise WebConfigError(f"{label}:{where}: invalid YAML: {problem}") from None
-    except _FieldError as exc:
-        raise WebConfigError(f"{label}: {exc}", exc.field) from None
     try:
         return _build(doc, p.absolute().parent)
     except _FieldError as exc:
@@ -331,14 +329,16 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
     loader.flatten_mapping(node)
     result: dict[Any, Any] = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=True)
         try:
             duplicate = key in result
         except TypeError:  # an unhashable key (a list): let PyYAML say so
             duplicate = False
         if duplicate:
-            _fail(str(key), f"duplicate key (line {key_node.start_mark.line + 1})")
-        result[key] = loader.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        result[key] = loader.construct_object(value_node, deep=True)
     return result
 
 
@@ -351,11 +351,15 @@ _StrictLoader.add_constructor(
 def _build(doc: object, base_dir: Path) -> WebConfig:
     if doc is None:  # an empty file: the toolkit's defaults, i.e. nothing
         return WebConfig()
-    root = _mapping(doc, "", "the file")
-    _only(root, "", _TOP_KEYS)
+    if not isinstance(doc, dict):
+        _fail("top level", f"expected a mapping, got {_kind(doc)}")
+    root = _present(doc)
+    _only(doc, "", _TOP_KEYS)
     tls = _mapping(root.get("tls_server_config"), "tls_server_config")
+    _only(tls, "tls_server_config", _TLS_KEYS)
     http = _mapping(root.get("http_server_config"), "http_server_config")
     _only(http, "http_server_config", _HTTP_KEYS)
+    http = _present(http)
     _bool(http, "http2", "http_server_config", default=True)  # accepted, ignored
     headers = _headers(http.get("headers"), "http_server_config.headers")
     users = _users(root.get("basic_auth_users"), "basic_auth_users")
@@ -390,14 +394,17 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
-def _mapping(value: object, where: str, what: str = "") -> dict[Any, Any]:
+def _mapping(value: object, where: str) -> dict[Any, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        if not where:
-            raise _FieldError(what or "the file", f"expected a mapping, got {_kind(value)}")
         _fail(where, f"expected a mapping, got {_kind(value)}")
-    return {k: v for k, v in value.items() if v is not None}
+    return value
+
+
+def _present(d: Mapping[Any, Any]) -> dict[Any, Any]:
+    """`d` without the keys set to null (or to an empty string): those count as unset."""
+    return {k: v for k, v in d.items() if v is not None and v != ""}
 
 
 def _only(d: Mapping[Any, Any], where: str, allowed: Sequence[str]) -> None:
@@ -443,6 +450,8 @@ def _headers(value: object, where: str) -> dict[str, str]:
         if name not in _HEADERS:
             allowed = ", ".join(sorted(_HEADERS))
             _fail(fname, f"this header cannot be configured (allowed: {allowed})")
+        if raw is None:
+            continue  # "Unset if blank"
         if isinstance(raw, bool) or not isinstance(raw, str | int):
             _fail(fname, f"expected a string, got {_kind(raw)}")
         text = str(raw)
@@ -485,7 +494,7 @@ def _go_duration(value: object, where: str) -> float:
     """Seconds from a Go duration string (``1m30s``, ``500ms``, ``0``)."""
     if isinstance(value, int) and not isinstance(value, bool) and value == 0:
         return 0.0
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not value.strip():
         _fail(where, f"expected a duration like 1s or 500ms, got {_kind(value)}")
     text = value.strip()
     if text == "0":
@@ -497,14 +506,13 @@ def _go_duration(value: object, where: str) -> float:
             _fail(where, f"{value!r} is not a duration (use 1s, 500ms, 1m30s, ...)")
         seconds += float(match.group(1)) * _GO_DURATION_UNITS[match.group(2)]
         pos = match.end()
-    if not text:
-        _fail(where, "expected a duration like 1s or 500ms, got an empty string")
     return seconds
 
 
 def _rate_limit(value: object, where: str) -> RateLimit | None:
     d = _mapping(value, where)
     _only(d, where, _RATE_KEYS)
+    d = _present(d)
     if not d:
         return None
     interval = _go_duration(d.get("interval", 0), _join(where, "interval"))
@@ -524,7 +532,7 @@ def _rate_limit(value: object, where: str) -> RateLimit | None:
 def _tls(
     d: dict[str, Any], where: str, base_dir: Path
 ) -> tuple[ssl.SSLContext | None, frozenset[str] | None]:
-    _only(d, where, _TLS_KEYS)
+    d = _present(d)
     if not d:
         return None, None
 
@@ -539,7 +547,11 @@ def _tls(
         text = _str(d, key, where)
         return text if text else None
 
-    cert_file, key_file, ca_file = path_of("cert_file"), path_of("key_file"), path_of("client_ca_file")
+    cert_file, key_file, ca_file = (
+        path_of("cert_file"),
+        path_of("key_file"),
+        path_of("client_ca_file"),
+    )
     cert_pem, key_pem, ca_pem = inline("cert"), inline("key"), inline("client_ca")
     for a, b, va, vb in (
         ("cert", "cert_file", cert_pem, cert_file),
@@ -567,7 +579,10 @@ def _tls(
     auth_name = _str(d, "client_auth_type", where) or "NoClientCert"
     if auth_name not in _CLIENT_AUTH:
         names = ", ".join(_CLIENT_AUTH_NAMES)
-        _fail(_join(where, "client_auth_type"), f"unknown value {auth_name!r} (expected one of {names})")
+        _fail(
+            _join(where, "client_auth_type"),
+            f"unknown value {auth_name!r} (expected one of {names})",
+        )
     verify_mode = _CLIENT_AUTH[auth_name]
     has_ca = ca_pem is not None or ca_file is not None
     if has_ca and auth_name == "NoClientCert":
@@ -870,9 +885,7 @@ def security_middleware(config: WebConfig) -> Middleware:
 
     Building it with basic-auth users costs one bcrypt (the dummy hash for unknown users).
     """
-    authenticator = (
-        BasicAuthenticator(config.basic_auth_users) if config.basic_auth_users else None
-    )
+    authenticator = BasicAuthenticator(config.basic_auth_users) if config.basic_auth_users else None
     limiter = _TokenBucket(config.rate_limit) if config.rate_limit else None
     allowed_sans = config.client_allowed_sans
     extra_headers = tuple(config.headers.items())
@@ -895,9 +908,7 @@ def security_middleware(config: WebConfig) -> Middleware:
         return await handler(request)
 
     @web.middleware
-    async def webconfig_middleware(
-        request: web.Request, handler: Handler
-    ) -> web.StreamResponse:
+    async def webconfig_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             response = await guarded(request, handler)
         except web.HTTPException as exc:

@@ -403,3 +403,59 @@ def test_readme_documents_every_metric_and_endpoint() -> None:
     for endpoint in ("/metrics", "/-/healthy", "/-/ready", "/api/v1/results", "/snapshot",
                      "/-/reload"):  # fmt: skip
         assert f"`{endpoint}`" in readme
+
+
+def test_demo_runs_sweeps_writes_a_snapshot_and_stops_on_sigint(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "demo", "--port", str(port), "--time-scale", "0.02",
+         "--levels", "1,2", "--dir", str(tmp_path / "demo"), "--log.format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        snapshot = tmp_path / "demo" / "snapshot.md"
+        until(
+            lambda: snapshot.exists() and "## Model: qwen_coder" in snapshot.read_text(),
+            timeout_s=120,
+        )
+        doc = results_of(f"http://127.0.0.1:{port}")
+        assert [m["model"] for m in doc["models"]] == ["phi4_fast", "qwen_coder"]
+        assert all(m["max_safe_concurrency"] == 2 for m in doc["models"])
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert f"http://127.0.0.1:{port}/metrics" in out
+    assert str(tmp_path / "demo" / "snapshot.md") in out
+    assert '"msg": "exporter stopped"' in err
+
+
+def test_api_key_never_appears_in_any_output(
+    sim_process: Callable[..., SimProcess],
+    serve_process: SweepStarter,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "sk-test-7f3a9c0e5b"
+    monkeypatch.setenv("MMS_API_KEY", secret)
+    sim = sim_process("seed", time_scale=0.01)
+    config = write_config(tmp_path, sim.url, models=("qwen_coder",))
+    config.write_text(
+        config.read_text().replace("    url:", "    api_key_env: MMS_API_KEY\n    url:")
+    )
+    exporter = serve_process(config, "--log.level", "debug")
+    until(lambda: swept(exporter.url, 1))
+    outputs = [
+        scrape(exporter.url + "/metrics"),
+        scrape(exporter.url + "/api/v1/results"),
+        scrape(exporter.url + "/snapshot"),
+        scrape(exporter.url + "/"),
+        (tmp_path / "state" / "results.json").read_text(),
+        (tmp_path / "reports" / "snapshot.md").read_text(),
+        "".join(exporter.raw),
+    ]
+    assert all(secret not in text for text in outputs)
+    assert "sweep done" in exporter.messages()
