@@ -175,7 +175,7 @@ _TLS_VERSIONS = {
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
 
-# client_auth_type -> (verify mode, wants a CA). See the module docstring.
+# client_auth_type -> how Python verifies client certificates; see the module docstring.
 _CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
     "RequestClientCert": ssl.CERT_NONE,
@@ -322,7 +322,7 @@ def load_web_config(path: str | Path) -> WebConfig:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (Go's yaml.UnmarshalStrict does too)."""
+    """SafeLoader that refuses duplicate and unhashable keys (as Go's UnmarshalStrict)."""
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -332,8 +332,10 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
         key = loader.construct_object(key_node, deep=True)
         try:
             duplicate = key in result
-        except TypeError:  # an unhashable key (a list): let PyYAML say so
-            duplicate = False
+        except TypeError:  # a list or a mapping as a key
+            raise yaml.constructor.ConstructorError(
+                None, None, "found an unhashable key", key_node.start_mark
+            ) from None
         if duplicate:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark

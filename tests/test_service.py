@@ -459,3 +459,62 @@ def test_api_key_never_appears_in_any_output(
     ]
     assert all(secret not in text for text in outputs)
     assert "sweep done" in exporter.messages()
+
+
+def test_web_config_tls_and_basic_auth_protect_every_endpoint(
+    serve_process: SweepStarter, tmp_path: Path
+) -> None:
+    import base64
+    import ssl
+
+    import bcrypt
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-days", "2",
+         "-keyout", "server.key", "-out", "server.crt"],
+        cwd=tmp_path, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        f"basic_auth_users:\n  prometheus: {hashed}\n"
+    )
+    config = write_config(
+        tmp_path,
+        f"http://127.0.0.1:{free_port()}",
+        schedule="{sweep: 1h, heartbeat: 1h, run_on_start: false}",
+    )
+    exporter = serve_process(config, "--web.config.file", str(web))
+    tls = ssl.create_default_context(cafile=str(tmp_path / "server.crt"))
+    https = f"https://127.0.0.1:{exporter.port}"
+    auth = {"Authorization": "Basic " + base64.b64encode(b"prometheus:s3cret").decode()}
+    import urllib.request
+
+    def get(path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(https + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, context=tls, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    status, body = until(lambda: get("/metrics", auth))
+    assert status == 200 and "llm_probe_build_info" in body
+    for path in ("/metrics", "/", "/-/healthy", "/api/v1/results", "/snapshot"):
+        assert get(path)[0] == 401
+        bad = {"Authorization": "Basic " + base64.b64encode(b"prometheus:nope").decode()}
+        assert get(path, bad)[0] == 401
+    with pytest.raises(OSError):  # plain HTTP to the TLS port gets no answer
+        scrape(f"http://127.0.0.1:{exporter.port}/metrics", timeout=5)
+    # A bad web config stops start-up with one clear line.
+    web.write_text("tls_server_config:\n  cert_file: missing.crt\n  key_file: server.key\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", "serve", "--config", str(config),
+         "--web.config.file", str(web), "--web.listen-address", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"llm-probe-exporter: error: {web}: tls_server_config.cert_file")
+    assert proc.stderr.count("\n") == 1
