@@ -117,6 +117,24 @@ class Config:
         return [(s, m) for s in self.servers for m in s.models]
 
 
+# Every key the file may hold, by section ("" is the top level). Anything else is an error.
+KEYS: dict[str, set[str]] = {
+    "": {"servers", "probe", "schedule", "snapshot", "web", "state_dir"},
+    "servers[]": {
+        "name", "url", "api", "api_key_env", "api_key_file", "models", "process_name", "notes",
+    },
+    "servers[].models[]": {"name", "id", "probe"},
+    "probe": {
+        "levels", "duration", "interval", "timeout", "memory_limit", "max_error_ratio",
+        "latency_p95_max", "stream", "max_tokens", "prompt", "endpoint", "warmup",
+        "memory_sample_interval",
+    },
+    "schedule": {"sweep", "heartbeat", "run_on_start", "jitter"},
+    "snapshot": {"path", "lang", "every", "keep"},
+    "web": {"listen_address"},
+}  # fmt: skip
+
+
 # --- loading -----------------------------------------------------------------------------
 
 
@@ -150,7 +168,7 @@ def load_config(path: str | Path) -> Config:
 
 def config_from_dict(doc: object, *, base_dir: Path = Path(".")) -> Config:
     root = _mapping(doc, "config")
-    _only(root, "", {"servers", "probe", "schedule", "snapshot", "web", "state_dir"})
+    _only(root, "", KEYS[""])
     probe = _probe(root.get("probe"), "probe", ProbeSettings())
     servers_doc = root.get("servers")
     if servers_doc is None:
@@ -202,28 +220,12 @@ def _host_of(url: str) -> str:
 
 # --- sections ----------------------------------------------------------------------------
 
-_PROBE_KEYS = {
-    "levels",
-    "duration",
-    "interval",
-    "timeout",
-    "memory_limit",
-    "max_error_ratio",
-    "latency_p95_max",
-    "stream",
-    "max_tokens",
-    "prompt",
-    "endpoint",
-    "warmup",
-    "memory_sample_interval",
-}
-
 
 def _probe(doc: object, path: str, base: ProbeSettings) -> ProbeSettings:
     if doc is None:
         return base
     d = _mapping(doc, path)
-    _only(d, path, _PROBE_KEYS)
+    _only(d, path, KEYS["probe"])
     changes: dict[str, Any] = {}
     if "levels" in d:
         changes["levels"] = _levels(d["levels"], f"{path}.levels")
@@ -263,11 +265,7 @@ def _server(doc: object, path: str, probe: ProbeSettings, base_dir: Path) -> Ser
             f"{path}.api_key: keys are not accepted in the config file; "
             "use api_key_env or api_key_file"
         )
-    _only(
-        d,
-        path,
-        {"name", "url", "api", "api_key_env", "api_key_file", "models", "process_name", "notes"},
-    )
+    _only(d, path, KEYS["servers[]"])
     name = _label(_required(d, "name", path), f"{path}.name")
     url = _str(_required(d, "url", path), f"{path}.url")
     if not re.match(r"^https?://[^/\s]+", url):
@@ -327,7 +325,7 @@ def _model(doc: object, path: str, probe: ProbeSettings) -> ModelConfig:
     if isinstance(doc, str):
         doc = {"name": doc}
     d = _mapping(doc, path)
-    _only(d, path, {"name", "id", "probe"})
+    _only(d, path, KEYS["servers[].models[]"])
     name = _label(_required(d, "name", path), f"{path}.name")
     model_id = _str(d.get("id", name), f"{path}.id")
     return ModelConfig(name=name, id=model_id, probe=_probe(d.get("probe"), f"{path}.probe", probe))
@@ -337,7 +335,7 @@ def _schedule(doc: object) -> ScheduleConfig:
     if doc is None:
         return ScheduleConfig()
     d = _mapping(doc, "schedule")
-    _only(d, "schedule", {"sweep", "heartbeat", "run_on_start", "jitter"})
+    _only(d, "schedule", KEYS["schedule"])
     base = ScheduleConfig()
     sweep = base.sweep
     if "sweep" in d:
@@ -383,7 +381,7 @@ def _snapshot(doc: object) -> SnapshotConfig:
     if doc is None:
         return SnapshotConfig()
     d = _mapping(doc, "snapshot")
-    _only(d, "snapshot", {"path", "lang", "every", "keep"})
+    _only(d, "snapshot", KEYS["snapshot"])
     base = SnapshotConfig()
     every = _duration(d.get("every", base.every_s), "snapshot.every")
     if every <= 0:
@@ -400,7 +398,7 @@ def _web(doc: object) -> WebConfig:
     if doc is None:
         return WebConfig()
     d = _mapping(doc, "web")
-    _only(d, "web", {"listen_address"})
+    _only(d, "web", KEYS["web"])
     address = _str(d.get("listen_address", WebConfig().listen_address), "web.listen_address")
     try:
         parse_listen_address(address)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -208,3 +209,16 @@ def test_real_process_bad_config_no_traceback(tmp_path: Path) -> None:
 def test_shipped_example_configs_are_valid() -> None:
     for path in sorted((REPO / "deploy" / "examples").glob("*.yaml")):
         assert main(["check-config", "--config", str(path)]) == 0, path
+
+
+def test_readme_documents_every_config_key() -> None:
+    from exporter.config import KEYS
+
+    readme = (REPO / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z0-9_\[\].]+)`", readme, flags=re.M))
+    for section, keys in KEYS.items():
+        for key in keys:
+            name = f"{section}.{key}" if section else key
+            if name in ("servers", "probe", "schedule", "snapshot", "web", "servers[].models"):
+                continue  # sections, documented key by key
+            assert name in documented, f"README's config table lacks `{name}`"
