@@ -239,7 +239,12 @@ def test_reload_keeps_the_old_config_when_broken_and_applies_a_good_one(
     schedule = "{sweep: 1h, heartbeat: 0.5s, run_on_start: false}"
     config = write_config(tmp_path, sim.url, models=("phi4_fast",), schedule=schedule)
     exporter = serve_process(config)
-    until(lambda: scrape(exporter.url + "/-/ready"))
+
+    def up(model: str) -> float | None:
+        samples = parse_metrics(scrape(exporter.url + "/metrics"))
+        return metric(samples, "llm_probe_up", model=model, server="multi_model_server")
+
+    until(lambda: up("phi4_fast") == 1)
     good = config.read_text()
     config.write_text(good.replace("duration: 0.4s", "duration: 0.4x"))
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -250,7 +255,7 @@ def test_reload_keeps_the_old_config_when_broken_and_applies_a_good_one(
     assert "probe.duration: '0.4x' is not a duration" in body["message"]
     samples = parse_metrics(scrape(exporter.url + "/metrics"))
     assert metric(samples, "llm_probe_config_last_reload_successful") == 0
-    assert metric(samples, "llm_probe_up", model="phi4_fast", server="multi_model_server") == 1
+    assert up("phi4_fast") == 1  # the running config goes on
     # A good config: the added model appears (and is heartbeaten).
     config.write_text(good.replace("models: [phi4_fast]", "models: [phi4_fast, qwen_coder]"))
     assert json.loads(scrape(exporter.url + "/-/reload", data=b""))["status"] == "success"
