@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     _log_flags(p)
     p.set_defaults(handler=cmd_demo)
 
+    p = sub.add_parser("dashboards", help="regenerate the Grafana dashboards (source checkout)")
+    p.add_argument("--out", default=None, metavar="DIR", help="default: the dashboards/ folder")
+    p.set_defaults(handler=cmd_dashboards)
+
     p = sub.add_parser("check-config", help="validate a config file and exit")
     p.add_argument("--config", "--config.file", dest="config", metavar="FILE", required=True)
     p.set_defaults(handler=cmd_check_config)
@@ -367,6 +371,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         asyncio.run(demo())
     except OSError as exc:
         raise UsageError(str(exc)) from None
+    return EXIT_OK
+
+
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    folder = Path(__file__).resolve().parents[1] / "dashboards"
+    script = folder / "generate.py"
+    if not script.exists():
+        raise UsageError(f"{script}: not found (dashboards are generated from a source checkout)")
+    spec = importlib.util.spec_from_file_location("llm_probe_dashboards", script)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{script}: cannot be loaded")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for path in module.generate(Path(args.out) if args.out else folder):
+        print(path)
     return EXIT_OK
 
 
