@@ -17,12 +17,16 @@ demo: install
 	$(BIN)/llm-probe-exporter demo
 
 lint: install
-	$(BIN)/ruff check exporter tests
-	$(BIN)/ruff format --check exporter tests
+	$(BIN)/ruff check exporter tests dashboards
+	$(BIN)/ruff format --check exporter tests dashboards
 	$(BIN)/mypy
+	$(BIN)/mypy dashboards/generate.py dashboards/common.py
 
 test: install lint
 	$(BIN)/python -m pytest
+
+dashboards: install
+	$(BIN)/python dashboards/generate.py --out dashboards/
 
 benchmarks: install
 	$(BIN)/python tests/benchmarks/engine_accuracy.py
