@@ -21,8 +21,15 @@ from exporter.durations import parse_duration
 from exporter.results import Plan
 
 DEFAULT_PORT = 8464
-APIS = ("openai", "ollama")
-ENDPOINTS = {"openai": ("chat", "completions"), "ollama": ("chat", "generate")}
+# `llamacpp` and `vllm` speak the OpenAI API and also expose their own /metrics.
+APIS = ("openai", "ollama", "llamacpp", "vllm")
+ENDPOINTS = {
+    "openai": ("chat", "completions"),
+    "llamacpp": ("chat", "completions"),
+    "vllm": ("chat", "completions"),
+    "ollama": ("chat", "generate"),
+}
+DEFAULT_METRICS_PATH = {"llamacpp": "/metrics", "vllm": "/metrics"}
 LANGS = ("en", "es")
 
 
@@ -47,6 +54,9 @@ class ProbeSettings:
     endpoint: str = "chat"
     warmup: bool = True
     memory_sample_interval_s: float = 0.25
+    # Yield to real traffic: defer a sweep while the server is busy with other users.
+    yield_to_traffic: bool = True
+    busy_latency_factor: float = 3.0
 
     def plan(self) -> Plan:
         return Plan(
@@ -78,6 +88,8 @@ class ServerConfig:
     api_key_env: str | None = None
     api_key_file: str | None = None
     process_name: str | None = None
+    pid_file: str | None = None
+    metrics_url: str | None = None
     notes: tuple[str, ...] = ()
     # The secret itself: never printed (repr=False) and never part of any output.
     api_key: str | None = field(default=None, repr=False, compare=False)
@@ -89,6 +101,8 @@ class ScheduleConfig:
     heartbeat_s: float = 30.0
     run_on_start: bool = True
     jitter_s: float = 0.0
+    defer_retries: int = 3
+    defer_delay_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -121,15 +135,16 @@ class Config:
 KEYS: dict[str, set[str]] = {
     "": {"servers", "probe", "schedule", "snapshot", "web", "state_dir"},
     "servers[]": {
-        "name", "url", "api", "api_key_env", "api_key_file", "models", "process_name", "notes",
+        "name", "url", "api", "api_key_env", "api_key_file", "models", "process_name",
+        "pid_file", "metrics_url", "notes",
     },
     "servers[].models[]": {"name", "id", "probe"},
     "probe": {
         "levels", "duration", "interval", "timeout", "memory_limit", "max_error_ratio",
         "latency_p95_max", "stream", "max_tokens", "prompt", "endpoint", "warmup",
-        "memory_sample_interval",
+        "memory_sample_interval", "yield_to_traffic", "busy_latency_factor",
     },
-    "schedule": {"sweep", "heartbeat", "run_on_start", "jitter"},
+    "schedule": {"sweep", "heartbeat", "run_on_start", "jitter", "defer_retries", "defer_delay"},
     "snapshot": {"path", "lang", "every", "keep"},
     "web": {"listen_address"},
 }  # fmt: skip
@@ -245,6 +260,13 @@ def _probe(doc: object, path: str, base: ProbeSettings) -> ProbeSettings:
         changes["stream"] = _bool(d["stream"], f"{path}.stream")
     if "warmup" in d:
         changes["warmup"] = _bool(d["warmup"], f"{path}.warmup")
+    if "yield_to_traffic" in d:
+        changes["yield_to_traffic"] = _bool(d["yield_to_traffic"], f"{path}.yield_to_traffic")
+    if "busy_latency_factor" in d:
+        factor = d["busy_latency_factor"]
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor <= 1:
+            raise ConfigError(f"{path}.busy_latency_factor: {factor!r} must be a number above 1")
+        changes["busy_latency_factor"] = float(factor)
     if "max_tokens" in d:
         changes["max_tokens"] = _int(d["max_tokens"], f"{path}.max_tokens", minimum=1)
     if "prompt" in d:
@@ -308,6 +330,7 @@ def _server(doc: object, path: str, probe: ProbeSettings, base_dir: Path) -> Ser
     if not isinstance(notes_doc, list):
         raise ConfigError(f"{path}.notes: must be a list of strings")
     notes = tuple(_str(n, f"{path}.notes[{i}]") for i, n in enumerate(notes_doc))
+    metrics_url = _metrics_url(d, path, api, url.rstrip("/"))
     return ServerConfig(
         name=name,
         url=url.rstrip("/"),
@@ -316,9 +339,24 @@ def _server(doc: object, path: str, probe: ProbeSettings, base_dir: Path) -> Ser
         api_key_env=key_env,
         api_key_file=key_file,
         process_name=_opt_str(d.get("process_name"), f"{path}.process_name"),
+        pid_file=_opt_str(d.get("pid_file"), f"{path}.pid_file"),
+        metrics_url=metrics_url,
         notes=notes,
         api_key=api_key,
     )
+
+
+def _metrics_url(d: Mapping[str, Any], path: str, api: str, url: str) -> str | None:
+    """The server's own Prometheus metrics: a URL, a path on `url`, or none (false)."""
+    value = d.get("metrics_url", DEFAULT_METRICS_PATH.get(api))
+    if value is None or value is False:
+        return None
+    text = _str(value, f"{path}.metrics_url")
+    if text.startswith("/"):
+        return re.sub(r"/v1$", "", url) + text
+    if not re.match(r"^https?://[^/\s]+", text):
+        raise ConfigError(f"{path}.metrics_url: {text!r} is neither a URL nor a /path")
+    return text
 
 
 def _model(doc: object, path: str, probe: ProbeSettings) -> ModelConfig:
@@ -352,6 +390,10 @@ def _schedule(doc: object) -> ScheduleConfig:
         heartbeat_s=heartbeat,
         run_on_start=_bool(d.get("run_on_start", base.run_on_start), "schedule.run_on_start"),
         jitter_s=_duration(d.get("jitter", base.jitter_s), "schedule.jitter"),
+        defer_retries=_int(
+            d.get("defer_retries", base.defer_retries), "schedule.defer_retries", minimum=0
+        ),
+        defer_delay_s=_duration(d.get("defer_delay", base.defer_delay_s), "schedule.defer_delay"),
     )
 
 

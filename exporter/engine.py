@@ -13,12 +13,13 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from exporter.backends.base import CANCELLED, ERROR, SUCCESS, TIMEOUT, Backend, HttpClient, Outcome
 from exporter.memory import MemorySampler, MemoryWindow
 from exporter.results import LevelResult
+from exporter.serversignals import ServerSignalSampler, SignalPeaks
 
 OutcomeHook = Callable[[Outcome], None]
 
@@ -59,6 +60,7 @@ async def run_level(
     *,
     on_outcome: OutcomeHook | None = None,
     live: LiveLevel | None = None,
+    signals: ServerSignalSampler | None = None,
 ) -> LevelResult:
     """Run one level and return its measurements (`passed` is judged by the sweep)."""
     settings = backend.settings
@@ -81,6 +83,8 @@ async def run_level(
     client = HttpClient(concurrency)
     try:
         sampler.begin()
+        if signals is not None:
+            signals.begin()
         t0 = time.perf_counter()
         live.started = t0
 
@@ -122,10 +126,17 @@ async def run_level(
                 raise end
         elapsed = time.perf_counter() - t0
         window = await sampler.finish()
+        peaks = await signals.finish() if signals is not None else SignalPeaks()
     finally:
         await client.close()
     live.memory_ratio = window.end
-    return summarise(concurrency, outcomes, elapsed, window, aborted)
+    level = summarise(concurrency, outcomes, elapsed, window, aborted)
+    return replace(
+        level,
+        server_running_peak=peaks.running,
+        server_waiting_peak=peaks.waiting,
+        server_kv_cache_usage_peak=peaks.kv_cache_usage,
+    )
 
 
 def summarise(

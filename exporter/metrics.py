@@ -33,6 +33,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)
 LAST_SWEEP = "From the last completed sweep, not measured at scrape time."
 SWEEP_RESULTS = ("completed", "aborted", "failed")
+DEFERRED_REASONS = ("server_busy", "slow_heartbeat")
 
 
 class SweepCollector(Collector):
@@ -91,6 +92,31 @@ class SweepCollector(Collector):
         passed = family(
             "llm_probe_sweep_level_passed", "1 if the level passed its rules.", by_level
         )
+        queue = family(
+            "llm_probe_sweep_server_queue_peak",
+            "Peak of requests waiting in the server's own queue during a level (its metrics).",
+            by_level,
+        )
+        server_running = family(
+            "llm_probe_sweep_server_running_peak",
+            "Peak of requests the server itself reported running during a level.",
+            by_level,
+        )
+        kv_cache = family(
+            "llm_probe_sweep_server_kv_cache_usage_peak",
+            "Peak KV-cache usage ratio the server reported during a level (vLLM).",
+            by_level,
+        )
+        loaded = family(
+            "llm_probe_sweep_model_loaded_before",
+            "1 if the model was already in memory before the sweep (Ollama /api/ps).",
+            per_model,
+        )
+        model_size = family(
+            "llm_probe_model_size_bytes",
+            "Size of the loaded model in memory (Ollama /api/ps).",
+            per_model,
+        )
         max_safe = family(
             "llm_probe_max_safe_concurrency",
             "Highest level that passed with every lower level passing (0: level 1 failed).",
@@ -147,6 +173,12 @@ class SweepCollector(Collector):
                 if lv.server_rss_peak_bytes is not None:
                     rss.add_metric(c, lv.server_rss_peak_bytes)
                 passed.add_metric(c, 1 if lv.passed else 0)
+                if lv.server_waiting_peak is not None:
+                    queue.add_metric(c, lv.server_waiting_peak)
+                if lv.server_running_peak is not None:
+                    server_running.add_metric(c, lv.server_running_peak)
+                if lv.server_kv_cache_usage_peak is not None:
+                    kv_cache.add_metric(c, lv.server_kv_cache_usage_peak)
             max_safe.add_metric(m, r.max_safe_concurrency)
             limit.add_metric(m, 1 if r.limit_reached else 0)
             mean_successes.add_metric(m, r.mean_successes)
@@ -154,9 +186,14 @@ class SweepCollector(Collector):
             duration.add_metric(m, (r.finished_at - r.started_at).total_seconds())
             if r.cold_start_s is not None:
                 cold.add_metric(m, r.cold_start_s)
+            if r.loaded_before is not None:
+                loaded.add_metric(m, 1 if r.loaded_before else 0)
+            if r.model_size_bytes is not None:
+                model_size.add_metric(m, r.model_size_bytes)
         yield from (
             requests, successes, errors, timeouts, errors_by_reason, latency, ttft, tokens,
-            memory, rss, passed, max_safe, limit, mean_successes, completed, duration, cold,
+            memory, rss, queue, server_running, kv_cache, passed, max_safe, limit,
+            mean_successes, completed, duration, cold, loaded, model_size,
         )  # fmt: skip
 
 
@@ -225,6 +262,12 @@ class ExporterMetrics:
             [*labels, "result"],
             registry=r,
         )
+        self.deferred = Counter(
+            "llm_probe_sweeps_deferred",
+            "Sweeps put off because the server was busy with other traffic, by reason.",
+            [*labels, "reason"],
+            registry=r,
+        )
         self.memory_limit = Gauge(
             "llm_probe_memory_limit_ratio",
             "The configured host memory limit (probe.memory_limit).",
@@ -259,6 +302,8 @@ class ExporterMetrics:
                 _remove(self.errors, model, server, reason)
             for result in SWEEP_RESULTS:
                 _remove(self.sweeps, model, server, result)
+            for why in DEFERRED_REASONS:
+                _remove(self.deferred, model, server, why)
         for server, model in wanted - self._targets:
             self.requests.labels(model, server)
             self.timeouts.labels(model, server)
@@ -269,6 +314,8 @@ class ExporterMetrics:
                 self.errors.labels(model, server, reason)
             for result in SWEEP_RESULTS:
                 self.sweeps.labels(model, server, result)
+            for why in DEFERRED_REASONS:
+                self.deferred.labels(model, server, why)
         self._targets = wanted
         self.memory_limit.set(memory_limit)
 

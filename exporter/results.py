@@ -95,6 +95,10 @@ class LevelResult:
     elapsed_s: float = 0.0
     aborted: bool = False
     server_rss_peak_bytes: int | None = None
+    # The server's own metrics during the level (llama.cpp, vLLM): peaks.
+    server_running_peak: float | None = None
+    server_waiting_peak: float | None = None
+    server_kv_cache_usage_peak: float | None = None
 
     @property
     def failures(self) -> int:
@@ -121,6 +125,9 @@ class LevelResult:
             "memory_end_ratio": _round(self.memory_end_ratio),
             "memory_peak_ratio": _round(self.memory_peak_ratio),
             "server_rss_peak_bytes": self.server_rss_peak_bytes,
+            "server_running_peak": self.server_running_peak,
+            "server_waiting_peak": self.server_waiting_peak,
+            "server_kv_cache_usage_peak": _round(self.server_kv_cache_usage_peak),
             "elapsed_s": _round(self.elapsed_s),
             "aborted": self.aborted,
             "passed": self.passed,
@@ -153,6 +160,9 @@ class LevelResult:
             elapsed_s=float(doc.get("elapsed_s", 0.0)),
             aborted=bool(doc.get("aborted", False)),
             server_rss_peak_bytes=_opt_int(doc.get("server_rss_peak_bytes")),
+            server_running_peak=_opt_float(doc.get("server_running_peak")),
+            server_waiting_peak=_opt_float(doc.get("server_waiting_peak")),
+            server_kv_cache_usage_peak=_opt_float(doc.get("server_kv_cache_usage_peak")),
         )
 
 
@@ -168,6 +178,9 @@ class ModelResult:
     levels: tuple[LevelResult, ...]
     cold_start_s: float | None = None
     warmup_error: str | None = None
+    # Ollama (/api/ps): whether the model was in memory before the sweep, and its size.
+    loaded_before: bool | None = None
+    model_size_bytes: int | None = None
 
     @property
     def first_failed(self) -> LevelResult | None:
@@ -209,6 +222,8 @@ class ModelResult:
             "plan": self.plan.to_json(),
             "cold_start_s": _round(self.cold_start_s),
             "warmup_error": self.warmup_error,
+            "loaded_before": self.loaded_before,
+            "model_size_bytes": self.model_size_bytes,
             "levels": [lv.to_json() for lv in self.levels],
             "max_safe_concurrency": self.max_safe_concurrency,
             "limit_reached": self.limit_reached,
@@ -227,6 +242,8 @@ class ModelResult:
             levels=tuple(LevelResult.from_json(lv) for lv in doc["levels"]),
             cold_start_s=_opt_float(doc.get("cold_start_s")),
             warmup_error=doc.get("warmup_error"),
+            loaded_before=doc.get("loaded_before"),
+            model_size_bytes=_opt_int(doc.get("model_size_bytes")),
         )
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -35,7 +38,7 @@ from exporter.metrics import ExporterMetrics
 from exporter.results import LevelResult, ModelResult
 from exporter.snapshot import render_snapshot, write_snapshot_async
 from exporter.state import Key, ResultsStore
-from exporter.sweep import SweepObserver, run_sweep
+from exporter.sweep import SweepDeferred, SweepObserver, run_sweep, server_busy
 
 HEARTBEAT_MAX_TOKENS = 1
 HEARTBEAT_TIMEOUT_S = 10.0
@@ -118,6 +121,8 @@ class Exporter:
         self.started_at = time.time()
         self._heartbeats: HttpClient | None = None
         self._up: dict[Key, bool] = {}
+        self._idle_heartbeats: dict[Key, deque[float]] = {}
+        self._deferrals: dict[Key, int] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -267,10 +272,15 @@ class Exporter:
         self.metrics.sweep_running.labels(*labels).set(1)
         log.info("sweep started", extra=fields(server=server.name, model=model.name))
         started = time.perf_counter()
-        task = asyncio.ensure_future(run_sweep(server, model, _SweepEvents(self)))
+        task = asyncio.ensure_future(
+            run_sweep(server, model, _SweepEvents(self), busy=self._busy_check(target))
+        )
         self.current_sweep = task
         try:
             result = await task
+        except SweepDeferred as exc:
+            self._defer(target, exc)
+            return
         except asyncio.CancelledError:
             self.metrics.sweeps.labels(*labels, "aborted").inc()
             log.warning(
@@ -290,6 +300,7 @@ class Exporter:
             self.metrics.sweep_running.labels(*labels).set(0)
         if self.target(target.key) is None:
             return  # removed by a reload while it ran
+        self._deferrals.pop(target.key, None)
         await self.store.publish(result)
         self.metrics.sweeps.labels(*labels, "completed").inc()
         log.info(
@@ -305,6 +316,69 @@ class Exporter:
         )
         await self.write_snapshot()
 
+    def _defer(self, target: Target, exc: SweepDeferred) -> None:
+        """Step aside for real traffic: retry later, at most `defer_retries` times."""
+        server, model = target.server, target.model
+        self.metrics.deferred.labels(model.name, server.name, exc.reason).inc()
+        attempt = self._deferrals.get(target.key, 0) + 1
+        sched = self.config.schedule
+        if attempt > sched.defer_retries:
+            self._deferrals.pop(target.key, None)
+            log.warning(
+                "sweep skipped: the server stayed busy",
+                extra=fields(server=server.name, model=model.name, reason=exc.reason,
+                             deferrals=attempt - 1),
+            )  # fmt: skip
+            return
+        self._deferrals[target.key] = attempt
+        retry_at = datetime.now(UTC) + timedelta(seconds=sched.defer_delay_s)
+        self.scheduler.add_job(
+            self.sweep_job,
+            "date",
+            run_date=retry_at,
+            args=[target.key],
+            id=f"retry:{server.name}/{model.name}",
+            replace_existing=True,
+            misfire_grace_time=300,
+        )
+        log.info(
+            "sweep deferred: the server is busy with other traffic",
+            extra=fields(
+                server=server.name,
+                model=model.name,
+                reason=exc.reason,
+                detail=exc.detail,
+                attempt=attempt,
+                retry_in_s=sched.defer_delay_s,
+            ),
+        )
+
+    def _busy_check(self, target: Target) -> Callable[[], Awaitable[tuple[str, str] | None]]:
+        async def check() -> tuple[str, str] | None:
+            if target.server.metrics_url is not None:
+                return await server_busy(target.server)
+            # No server metrics: a heartbeat now, against the idle heartbeats' baseline.
+            history = self._idle_heartbeats.get(target.key)
+            if not history or len(history) < 3 or self._heartbeats is None:
+                return None
+            baseline = statistics.quantiles(history, n=4)[0] if len(history) > 3 else min(history)
+            backend = backend_for(target.server, target.model)
+            outcome = await backend.execute(
+                self._heartbeats,
+                min(target.model.probe.timeout_s, HEARTBEAT_TIMEOUT_S),
+                max_tokens=HEARTBEAT_MAX_TOKENS,
+                stream=False,
+            )
+            factor = target.model.probe.busy_latency_factor
+            if outcome.ok and outcome.latency_s > factor * baseline:
+                return (
+                    "slow_heartbeat",
+                    f"heartbeat {outcome.latency_s:.3f}s > {factor:g} x baseline {baseline:.3f}s",
+                )
+            return None
+
+        return check
+
     async def heartbeat_job(self, key: Key) -> None:
         target = self.target(key)
         if target is None or target.server.name in self.sweeping or self._heartbeats is None:
@@ -316,6 +390,8 @@ class Exporter:
         )
         if target.server.name in self.sweeping:
             return  # a sweep started meanwhile: its load says nothing about "up"
+        if outcome.ok:
+            self._idle_heartbeats.setdefault(key, deque(maxlen=20)).append(outcome.latency_s)
         was_up = self._up.get(key, False)
         self._up[key] = outcome.ok
         self.metrics.record_heartbeat(target.server.name, target.model.name, outcome)

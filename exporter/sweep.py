@@ -9,9 +9,12 @@ first, so a lazily loaded model's load time is cold start, not level-1 latency.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
+import aiohttp
 import psutil
 
 from exporter.backends import Backend, HttpClient, Outcome, backend_for
@@ -26,6 +29,20 @@ from exporter.results import (
     LevelResult,
     ModelResult,
 )
+from exporter.serversignals import RUNNING, WAITING, ServerSignalSampler, read_signals
+
+
+class SweepDeferred(Exception):
+    """The server is busy with real traffic: the sweep steps aside (nothing is published)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# Asked before the warm-up and before each level: a reason to step aside, or None.
+BusyCheck = Callable[[], Awaitable[tuple[str, str] | None]]
 
 
 class SweepObserver:
@@ -67,19 +84,73 @@ async def warm_up(backend: Backend) -> Outcome:
         return await backend.execute(client, backend.settings.timeout_s)
 
 
+async def server_busy(server: ServerConfig) -> tuple[str, str] | None:
+    """Busy when the server's own metrics show requests running or waiting. Called while
+    none of ours are in flight, so every one of them belongs to somebody else."""
+    if server.metrics_url is None:
+        return None
+    async with aiohttp.ClientSession() as session:
+        signals = await read_signals(session, server.metrics_url)
+    if not signals:
+        return None
+    others = signals.get(RUNNING, 0.0) + signals.get(WAITING, 0.0)
+    if others > 0:
+        return "server_busy", f"{others:g} requests running or waiting on the server"
+    return None
+
+
+async def ollama_loaded(server: ServerConfig, model: ModelConfig) -> tuple[bool, int | None] | None:
+    """(loaded, size in bytes) from Ollama's /api/ps; None when it cannot be asked."""
+    from exporter.backends.ollama import loaded_models
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            models = await loaded_models(session, server.url)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    wanted = {model.id, model.id.removesuffix(":latest"), f"{model.id}:latest"}
+    for entry in models:
+        if entry.get("name") in wanted or entry.get("model") in wanted:
+            size = entry.get("size")
+            return True, size if isinstance(size, int) else None
+    return False, None
+
+
+async def server_processes(server: ServerConfig) -> list[psutil.Process]:
+    """The model server's processes, for their RSS: by pid file, or by name."""
+    if server.pid_file:
+        try:
+            pid = int((await asyncio.to_thread(Path(server.pid_file).read_text)).strip())
+            return [psutil.Process(pid)]
+        except (OSError, ValueError, psutil.Error):
+            return []
+    if server.process_name:
+        return await asyncio.to_thread(find_processes, server.process_name)
+    return []
+
+
 async def run_sweep(
     server: ServerConfig,
     model: ModelConfig,
     observer: SweepObserver | None = None,
+    busy: BusyCheck | None = None,
 ) -> ModelResult:
+    """Sweep one model. With `busy`, raises SweepDeferred when the server has other work."""
     observer = observer or SweepObserver()
     settings = model.probe
     backend = backend_for(server, model)
+
+    async def step_aside_if_busy() -> None:
+        if busy is not None and settings.yield_to_traffic:
+            found = await busy()
+            if found is not None:
+                raise SweepDeferred(*found)
+
+    await step_aside_if_busy()
     started_at = datetime.now(UTC)
     observer.sweep_started(server, model)
-    processes: list[psutil.Process] = []
-    if server.process_name:
-        processes = await asyncio.to_thread(find_processes, server.process_name)
+    processes = await server_processes(server)
+    loaded = await ollama_loaded(server, model) if server.api == "ollama" else None
 
     cold_start: float | None = None
     warmup_error: str | None = None
@@ -95,6 +166,7 @@ async def run_sweep(
 
     levels: list[LevelResult] = []
     for concurrency in settings.levels:
+        await step_aside_if_busy()
         live = LiveLevel(concurrency, settings.duration_s)
         observer.level_started(server, model, live)
         sampler = MemorySampler(settings.memory_sample_interval_s, settings.memory_limit, processes)
@@ -104,6 +176,7 @@ async def run_sweep(
             sampler,
             live=live,
             on_outcome=lambda o: observer.request_done(server, model, o),
+            signals=ServerSignalSampler(server.metrics_url) if server.metrics_url else None,
         )
         passed, reason = judge(measured, settings)
         level = replace(measured, passed=passed, stop_reason=reason)
@@ -121,6 +194,8 @@ async def run_sweep(
         levels=tuple(levels),
         cold_start_s=cold_start,
         warmup_error=warmup_error,
+        loaded_before=loaded[0] if loaded else None,
+        model_size_bytes=loaded[1] if loaded else None,
     )
     observer.sweep_finished(result)
     return result

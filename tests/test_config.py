@@ -80,7 +80,7 @@ BAD = [
     ),
     (
         GOOD.replace("    url: http", "    api: grpc\n    url: http"),
-        "servers[0].api: 'grpc' is not one of openai, ollama",
+        "servers[0].api: 'grpc' is not one of openai, ollama, llamacpp, vllm",
     ),
     (
         GOOD.replace("duration: 2.5s", "memory_limit: 1.5"),

@@ -13,7 +13,12 @@ from exporter.backends.ollama import OllamaBackend
 from exporter.backends.openai import OpenAIBackend
 from exporter.config import ModelConfig, ServerConfig
 
-BACKENDS: dict[str, type[Backend]] = {"openai": OpenAIBackend, "ollama": OllamaBackend}
+BACKENDS: dict[str, type[Backend]] = {
+    "openai": OpenAIBackend,
+    "llamacpp": OpenAIBackend,
+    "vllm": OpenAIBackend,
+    "ollama": OllamaBackend,
+}
 
 
 def backend_for(server: ServerConfig, model: ModelConfig) -> Backend:
