@@ -83,6 +83,8 @@ class _Texts:
     measured: str
     cold_start: str
     details_header: tuple[str, ...]
+    server_header: tuple[str, str, str]  # running peak, queue peak, RSS peak
+    loaded_before: str
     yes: str
     no: str
     chart_title: str
@@ -154,6 +156,8 @@ _ES = _Texts(
     details_heading="### Detalles de {}",
     measured="- Medido: {}",
     cold_start="- Arranque en frío: {} s",
+    server_header=("Servidor: en curso (pico)", "Servidor: en cola (pico)", "RSS servidor (pico)"),
+    loaded_before="- Modelo cargado antes del barrido: {}",
     details_header=(
         "Usuarios",
         "p50 (s)",
@@ -243,6 +247,8 @@ _EN = _Texts(
     details_heading="### Details for {}",
     measured="- Measured: {}",
     cold_start="- Cold start: {} s",
+    server_header=("Server running (peak)", "Server queue (peak)", "Server RSS (peak)"),
+    loaded_before="- Model loaded before the sweep: {}",
     details_header=(
         "Users",
         "p50 (s)",
@@ -420,7 +426,16 @@ def _details(t: _Texts, m: ModelResult) -> list[str]:
     out = [t.details_heading.format(m.model), "", t.measured.format(_span(m))]
     if m.cold_start_s is not None:
         out.append(t.cold_start.format(f"{m.cold_start_s:.2f}"))
+    if m.loaded_before is not None:
+        size = f" ({_mib(m.model_size_bytes)})" if m.model_size_bytes else ""
+        out.append(t.loaded_before.format((t.yes if m.loaded_before else t.no) + size))
     out.append("")
+    # The server's own view, when it gave one: queueing in the server vs slower service.
+    extra = [
+        (i, head)
+        for i, head in enumerate(t.server_header)
+        if any(_server_cell(lv, i) != "-" for lv in m.levels)
+    ]
     rows = [
         [
             str(lv.concurrency),
@@ -434,12 +449,25 @@ def _details(t: _Texts, m: ModelResult) -> list[str]:
             _ratio_pct(lv.memory_peak_ratio),
             _reasons(lv) if lv.errors_by_reason else "-",
             t.yes if lv.aborted else t.no,
+            *(_server_cell(lv, i) for i, _ in extra),
         ]
         for lv in m.levels
     ]
-    out += _table(_header_line(t.details_header), None, rows)
+    header = (*t.details_header, *(head for _, head in extra))
+    out += _table(_header_line(header), None, rows)
     out.append("")
     return out
+
+
+def _server_cell(lv: LevelResult, column: int) -> str:
+    value = (lv.server_running_peak, lv.server_waiting_peak, lv.server_rss_peak_bytes)[column]
+    if value is None:
+        return "-"
+    return _mib(int(value)) if column == 2 else f"{value:g}"
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.0f} MiB"
 
 
 # --- chart ------------------------------------------------------------------------------

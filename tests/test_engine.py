@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from exporter.backends import HttpClient, backend_for, new_session
 from exporter.config import ModelConfig, ProbeSettings, ServerConfig, adhoc_config
 from exporter.memory import host_memory_used_ratio
 from exporter.results import STOP_ERRORS, STOP_LATENCY, STOP_MEMORY
-from exporter.sweep import run_sweep
+from exporter.sweep import SweepDeferred, run_sweep, server_busy
 from tests.conftest import SimFactory, free_port
 
 
@@ -211,7 +212,7 @@ async def test_memory_guard_aborts_the_level_that_crosses_the_limit(
         {
             "server_name": "sim",
             "memory_cap_mb": 700,
-            "models": [{"name": "m", "parallel": 8, "service_time": "1s", "per_request_mb": 100}],
+            "models": [{"name": "m", "parallel": 8, "service_time": "3s", "per_request_mb": 150}],
         }
     )
     server, model = target(
@@ -273,3 +274,64 @@ async def test_a_keep_alive_server_keeps_the_pool(simulator: SimFactory) -> None
         outcomes = [await backend.execute(client, 5) for _ in range(20)]
     assert all(o.ok for o in outcomes)
     assert backend.closes_after_stream is False
+
+
+async def test_server_signals_show_queueing_in_the_server(simulator: SimFactory) -> None:
+    """`api: llamacpp` reads the server's /metrics during each level: 1 running, 3 queued."""
+    sim = await simulator(profile(parallel=1, service_time="200ms"))
+    server, model = target(sim.url, api="llamacpp", levels=(1, 4), duration_s=1.0, interval_s=0)
+    assert server.metrics_url == sim.url + "/metrics"
+    result = await run_sweep(server, model)
+    one_user, four = result.levels
+    assert one_user.server_running_peak == 1 and one_user.server_waiting_peak == 0
+    assert four.server_running_peak == 1  # one slot ...
+    assert four.server_waiting_peak == 3  # ... and the other users wait in its queue
+    doc = result.to_json()["levels"][1]
+    assert (doc["server_running_peak"], doc["server_waiting_peak"]) == (1, 3)
+    from exporter.report import render_report
+
+    lines = render_report([result], lang="en").splitlines()
+    header = next(ln for ln in lines if ln.startswith("| Users | p50 (s)"))
+    assert header.endswith("| Server running (peak) | Server queue (peak) |")
+    row4 = next(ln for ln in lines if ln.startswith("| 4 |") and ln.count("|") > 12)
+    assert row4.endswith("| 1 | 3 |")
+
+
+async def test_a_busy_server_makes_the_sweep_step_aside(simulator: SimFactory) -> None:
+    sim = await simulator(profile(parallel=1, service_time="1.5s"))
+    server, model = target(sim.url, api="llamacpp", levels=(1,), duration_s=0.2)
+    # Somebody else's request is in service on the server.
+    other = asyncio.create_task(one(sim.url, timeout_s=5))
+    await until_async(lambda: sim_stats(sim.url), lambda s: s["m"]["active"] == 1)
+    with pytest.raises(SweepDeferred) as deferred:
+        await run_sweep(server, model, busy=lambda: server_busy(server))
+    assert deferred.value.reason == "server_busy"
+    assert "1 requests running or waiting" in deferred.value.detail
+    assert (await other).ok
+    # Idle again: the same sweep runs (and its own requests never count as "others").
+    result = await run_sweep(server, model, busy=lambda: server_busy(server))
+    assert result.levels[0].successes >= 1
+    stats = await sim_stats(sim.url)
+    assert stats["m"]["requests"] == 1 + result.levels[0].requests
+
+
+async def test_ollama_ps_tells_cold_from_warm(simulator: SimFactory) -> None:
+    sim = await simulator(profile(service_time="20ms", load_delay="100ms", resident_mb=8))
+    server, model = target(sim.url, api="ollama", levels=(1,), duration_s=0.2, warmup=True)
+    cold = await run_sweep(server, model)
+    assert cold.loaded_before is False
+    warm = await run_sweep(server, model)
+    assert warm.loaded_before is True and warm.model_size_bytes == 8 * 2**20
+    doc = warm.to_json()
+    assert (doc["loaded_before"], doc["model_size_bytes"]) == (True, 8 * 2**20)
+
+
+async def until_async(
+    fetch: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], tries: int = 200
+) -> Any:
+    for _ in range(tries):
+        value = await fetch()
+        if ok(value):
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met")

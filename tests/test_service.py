@@ -523,3 +523,54 @@ def test_web_config_tls_and_basic_auth_protect_every_endpoint(
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"llm-probe-exporter: error: {web}: tls_server_config.cert_file")
     assert proc.stderr.count("\n") == 1
+
+
+def test_sweeps_yield_to_real_traffic(
+    sim_process: Callable[..., SimProcess], serve_process: SweepStarter, tmp_path: Path
+) -> None:
+    """While somebody else uses the server, the sweep is deferred (counted, logged) and
+    retried later; once the server is idle it runs."""
+    import threading
+
+    sim = sim_process("seed", time_scale=1.0)  # phi4_fast: one slot, 1.58 s per answer
+    stop = threading.Event()
+
+    def real_user() -> None:  # bounded: stops on `stop` or after 60 s
+        deadline = time.monotonic() + 60
+        body = json.dumps(
+            {"model": "phi4_fast", "messages": [{"role": "user", "content": "hi"}],
+             "max_tokens": 4}
+        ).encode()  # fmt: skip
+        while not stop.is_set() and time.monotonic() < deadline:
+            request = urllib.request.Request(
+                sim.url + "/v1/chat/completions", data=body,
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            urllib.request.urlopen(request, timeout=30).read()
+
+    user = threading.Thread(target=real_user, daemon=True)
+    user.start()
+    time.sleep(0.3)  # its first request is in service
+    config = write_config(
+        tmp_path,
+        sim.url,
+        models=("phi4_fast",),
+        probe="{levels: [1], duration: 0.5s, interval: 0s, timeout: 10s, warmup: false}",
+        schedule="{sweep: 1h, heartbeat: 1h, run_on_start: true, defer_retries: 10, "
+        "defer_delay: 1s}",
+    )
+    config.write_text(config.read_text().replace("    url:", "    api: llamacpp\n    url:"))
+    exporter = serve_process(config)
+    labels = {"model": "phi4_fast", "server": "multi_model_server", "reason": "server_busy"}
+
+    def deferred() -> float:
+        samples = parse_metrics(scrape(exporter.url + "/metrics"))
+        return metric(samples, "llm_probe_sweeps_deferred_total", **labels) or 0
+
+    until(lambda: deferred() >= 2, timeout_s=30)
+    assert results_of(exporter.url)["models"] == []  # nothing ran while the user was there
+    stop.set()
+    user.join(timeout=30)
+    doc = until(lambda: swept(exporter.url, 1), timeout_s=30)
+    assert doc["models"][0]["levels"][0]["successes"] >= 1
+    assert "sweep deferred: the server is busy with other traffic" in exporter.messages()

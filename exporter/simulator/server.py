@@ -98,6 +98,7 @@ class Simulator:
             routes: list[tuple[str, str, Handler]] = [
                 ("GET", "/", self._root),
                 ("GET", "/health", self._health),
+                ("GET", "/metrics", self._metrics),
                 ("GET", "/v1/models", self._openai_models),
                 ("POST", "/v1/chat/completions", self._endpoint("openai", "chat")),
                 ("POST", "/v1/completions", self._endpoint("openai", "completion")),
@@ -397,6 +398,21 @@ class Simulator:
 
     async def _health(self, _request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "ok"})
+
+    async def _metrics(self, _request: web.Request) -> web.StreamResponse:
+        """llama-server's own gauges (`--metrics`), summed over the models: what the
+        exporter reads during a level to tell queueing from slower service."""
+        processing = sum(r.active for r in self._models.values())
+        deferred = sum(r.queued for r in self._models.values())
+        text = (
+            "# HELP llamacpp:requests_processing Number of requests processing.\n"
+            "# TYPE llamacpp:requests_processing gauge\n"
+            f"llamacpp:requests_processing {processing}\n"
+            "# HELP llamacpp:requests_deferred Number of requests deferred.\n"
+            "# TYPE llamacpp:requests_deferred gauge\n"
+            f"llamacpp:requests_deferred {deferred}\n"
+        )
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def _openai_models(self, _request: web.Request) -> web.StreamResponse:
         created = int(self._started_at.timestamp())
