@@ -82,6 +82,8 @@ async def run_level(
 
     client = HttpClient(concurrency)
     try:
+        if not (settings.stream and backend.closes_after_stream):
+            await backend.open_connections(client, concurrency)
         sampler.begin()
         if signals is not None:
             signals.begin()

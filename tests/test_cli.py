@@ -78,9 +78,11 @@ def test_probe_reproduces_the_seed_report(
         assert model["max_safe_concurrency"] == 20
         assert model["limit_reached"] is False
         assert model["stop_reason"] is None
-        # The seed's value (143/7, 195/7); ±1 request on one level moves it by 1/7.
+        # The seed's value (143/7, 195/7), within what ±1 request per level allows. (At
+        # time scale 0.1 the seed model's last request of qwen_coder's 8+ user levels
+        # starts only 15 ms before the deadline, so 42 or 43 both occur.)
         assert round(sum(requests) / 7, 1) == mean_successes
-        assert model["mean_successes"] == pytest.approx(sum(requests) / 7, abs=1 / 7 + 1e-6)
+        assert model["mean_successes"] == pytest.approx(sum(requests) / 7, abs=1 + 1e-6)
         assert model["mean_successes"] == pytest.approx(
             sum(lv["successes"] for lv in levels) / 7, abs=1e-4
         )

@@ -225,7 +225,10 @@ async def test_memory_guard_aborts_the_level_that_crosses_the_limit(
         timeout_s=30,
     )
     result = await run_sweep(server, model)
-    assert [lv.concurrency for lv in result.levels] == [1, 2, 4]
+    assert [lv.concurrency for lv in result.levels] == [1, 2, 4], [
+        (lv.concurrency, lv.stop_reason, lv.memory_peak_ratio, limit, lv.errors_by_reason)
+        for lv in result.levels
+    ]
     crossed = result.levels[-1]
     assert crossed.aborted and not crossed.passed
     assert crossed.stop_reason == STOP_MEMORY == result.stop_reason

@@ -8,6 +8,7 @@ timing, timeouts, HTTP status mapping and the stale-connection retry live here o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from abc import ABC, abstractmethod
@@ -275,6 +276,27 @@ class Backend(ABC):
     @staticmethod
     def _error(started: float, reason: str, detail: str) -> Outcome:
         return Outcome(ERROR, time.perf_counter() - started, reason=reason, detail=detail[:200])
+
+    # A cheap GET every server of this API answers (the model list).
+    listing_path = "/v1/models"
+
+    async def open_connections(self, client: HttpClient, n: int, timeout_s: float = 2.0) -> None:
+        """Open `n` pooled connections before a level starts, with `n` cheap listing
+        requests, so that its N users really start at the same moment instead of queueing
+        behind N TCP handshakes in one event loop. Uncounted; failures are ignored (the
+        level's own requests will say what is wrong)."""
+
+        async def one() -> None:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+                async with (
+                    asyncio.timeout(timeout_s),
+                    client.pooled.get(
+                        self.endpoint_url(self.listing_path), headers=self.auth_headers()
+                    ) as response,
+                ):
+                    await response.read()
+
+        await asyncio.gather(*(one() for _ in range(n)))
 
     def endpoint_url(self, path: str) -> str:
         base = self.server.url

@@ -22,6 +22,7 @@ _NS = 1e-9
 
 class OllamaBackend(Backend):
     api = "ollama"
+    listing_path = "/api/tags"
 
     def build(self, *, max_tokens: int | None = None, stream: bool | None = None) -> HttpRequest:
         s = self.settings
