@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: install demo test lint benchmarks dashboards deps
+.PHONY: install demo test lint benchmarks dashboards deps realservers
 
 $(BIN)/llm-probe-exporter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/mypy dashboards/generate.py dashboards/common.py
 
-test: install lint
+# Real llama.cpp servers for the realserver tests: built once from PyPI's llama-cpp-python
+# and cached in ~/.cache/llm-probe-exporter (about 12 minutes on 2 cores the first time).
+realservers: install
+	$(BIN)/python -m tests.realservers.build
+
+test: install lint realservers
 	$(BIN)/python -m pytest
 
 dashboards: install
