@@ -76,8 +76,7 @@ class RealServer:
         self.host = "127.0.0.1"
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
-        self._logdir = Path(tempfile.mkdtemp(prefix=f"{type(self).__name__.lower()}-"))
-        self.log_path = self._logdir / "server.log"
+        self._logdir: Path | None = None  # made by start(), removed by __exit__
         self._final_log: str | None = None
 
     # --- what subclasses define ---------------------------------------------------------
@@ -97,10 +96,18 @@ class RealServer:
             raise ServerError("not started")
         return self.proc.pid
 
+    @property
+    def log_path(self) -> Path:
+        if self._logdir is None:
+            self._logdir = Path(tempfile.mkdtemp(prefix=f"{type(self).__name__.lower()}-"))
+        return self._logdir / "server.log"
+
     def log_text(self) -> str:
         """Everything the server printed (also after `__exit__` removed the log file)."""
         if self._final_log is not None:
             return self._final_log
+        if self._logdir is None:
+            return ""
         try:
             return self.log_path.read_text(errors="replace")
         except OSError:
@@ -178,7 +185,8 @@ class RealServer:
     ) -> None:
         self.stop()
         self._final_log = self.log_text()
-        shutil.rmtree(self._logdir, ignore_errors=True)
+        if self._logdir is not None:
+            shutil.rmtree(self._logdir, ignore_errors=True)
 
 
 class LlamaCppPythonServer(RealServer):
