@@ -16,7 +16,7 @@ from exporter.config import ModelConfig, ServerConfig, config_from_dict
 from exporter.results import ModelResult
 from exporter.sweep import run_sweep
 from tests.realservers.servers import LlamaCppPythonServer, LlamaServer, RealServer
-from tests.realservers.tiny_model import write_tiny_model
+from tests.realservers.tiny_model import WIDE, write_tiny_model
 
 pytestmark = pytest.mark.realserver
 
@@ -97,6 +97,27 @@ def batching_server(model_file: Path) -> Iterator[LlamaServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("wide") / "wide.gguf", shape=WIDE)
+
+
+def test_llama_server_batching_shows_with_enough_weights(wide_model: Path) -> None:
+    """With ~56 MB of weights per token (memory-bound on a CPU), four slots decode four
+    users for much less than four times the cost of one; beyond four, users queue."""
+    with LlamaServer(wide_model, parallel=4, metrics=True) as server:
+        result = sweep(server, api="llamacpp", levels=[1, 2, 4, 8], duration="4s")
+    for lv in result.levels:
+        assert lv.errors == lv.timeouts == 0, lv.errors_by_reason
+        assert lv.output_tokens == MAX_TOKENS * lv.successes
+    m = means(result)
+    by = {lv.concurrency: lv for lv in result.levels}
+    assert m[4] < 0.75 * 4 * m[1], m  # batched: well below serial service (4 x)
+    assert m[8] > 1.5 * m[4], m  # eight users on four slots: the rest wait
+    assert by[4].server_running_peak == 4 and (by[4].server_waiting_peak or 0) == 0
+    assert by[8].server_running_peak == 4 and (by[8].server_waiting_peak or 0) >= 1
+
+
 def test_llama_server_batches_four_and_closes_after_streams(
     batching_server: LlamaServer,
 ) -> None:
@@ -106,7 +127,7 @@ def test_llama_server_batches_four_and_closes_after_streams(
 
     (Response time is not flat up to 4 users with this model: its per-token compute is
     so small that the server's per-sequence work — sampling, detokenising, streaming —
-    dominates, so batching saves nothing. That shape needs a compute-heavy model.)"""
+    dominates, so batching saves nothing; the WIDE model below shows that shape.)"""
     result = sweep(batching_server, api="llamacpp", levels=[1, 2, 4, 8], duration="4s")
     for lv in result.levels:
         assert lv.errors == lv.timeouts == 0, lv.errors_by_reason

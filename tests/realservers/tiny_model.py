@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import string
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -44,6 +45,21 @@ N_FF = 128
 N_CTX_TRAIN = 4096
 RMS_EPS = 1e-5
 ROPE_FREQ_BASE = 10000.0
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The model's size. TINY loads in milliseconds; WIDE has enough weights per token
+    (~56 MB, memory-bound on a CPU) that batching several sequences shows."""
+
+    n_embd: int = N_EMBD
+    n_layer: int = N_LAYER
+    n_head: int = N_HEAD
+    n_ff: int = N_FF
+
+
+TINY = Shape()
+WIDE = Shape(n_embd=512, n_layer=4, n_head=8, n_ff=1536)
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 BYTE_OFFSET = 3  # token id of byte b is b + 3
@@ -80,44 +96,44 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def _weights(seed: int) -> dict[str, np.ndarray]:
+def _weights(seed: int, shape: Shape) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
 
     def small(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * WEIGHT_STD).astype(np.float32)
 
     # numpy shape (rows, cols) = (out, in); gguf stores it as ne = (in, out) like convert_hf.
-    embd = (rng.standard_normal((N_VOCAB, N_EMBD)) * EMBED_NOISE).astype(np.float32)
+    embd = (rng.standard_normal((N_VOCAB, shape.n_embd)) * EMBED_NOISE).astype(np.float32)
     embd[:, 0] = CONSTANT
 
-    output = np.zeros((N_VOCAB, N_EMBD), dtype=np.float32)
+    output = np.zeros((N_VOCAB, shape.n_embd), dtype=np.float32)
     output[:, 0] = DISFAVOUR
     for b in sorted(FAVOURED):
         t = token_id_of_byte(b)
         output[t, 0] = FAVOUR
-        output[t, 1:] = rng.standard_normal(N_EMBD - 1) * OUTPUT_NOISE
+        output[t, 1:] = rng.standard_normal(shape.n_embd - 1) * OUTPUT_NOISE
 
-    head_dim = N_EMBD // N_HEAD
+    head_dim = shape.n_embd // shape.n_head
     w: dict[str, np.ndarray] = {
         "token_embd.weight": embd,
-        "output_norm.weight": np.ones(N_EMBD, dtype=np.float32),
+        "output_norm.weight": np.ones(shape.n_embd, dtype=np.float32),
         "output.weight": output,
     }
-    for i in range(N_LAYER):
+    for i in range(shape.n_layer):
         p = f"blk.{i}."
-        w[p + "attn_norm.weight"] = np.ones(N_EMBD, dtype=np.float32)
-        w[p + "attn_q.weight"] = small(N_EMBD, N_EMBD)
-        w[p + "attn_k.weight"] = small(N_HEAD_KV * head_dim, N_EMBD)
-        w[p + "attn_v.weight"] = small(N_HEAD_KV * head_dim, N_EMBD)
-        w[p + "attn_output.weight"] = small(N_EMBD, N_EMBD)
-        w[p + "ffn_norm.weight"] = np.ones(N_EMBD, dtype=np.float32)
-        w[p + "ffn_gate.weight"] = small(N_FF, N_EMBD)
-        w[p + "ffn_up.weight"] = small(N_FF, N_EMBD)
-        w[p + "ffn_down.weight"] = small(N_EMBD, N_FF)
+        w[p + "attn_norm.weight"] = np.ones(shape.n_embd, dtype=np.float32)
+        w[p + "attn_q.weight"] = small(shape.n_embd, shape.n_embd)
+        w[p + "attn_k.weight"] = small(shape.n_head * head_dim, shape.n_embd)
+        w[p + "attn_v.weight"] = small(shape.n_head * head_dim, shape.n_embd)
+        w[p + "attn_output.weight"] = small(shape.n_embd, shape.n_embd)
+        w[p + "ffn_norm.weight"] = np.ones(shape.n_embd, dtype=np.float32)
+        w[p + "ffn_gate.weight"] = small(shape.n_ff, shape.n_embd)
+        w[p + "ffn_up.weight"] = small(shape.n_ff, shape.n_embd)
+        w[p + "ffn_down.weight"] = small(shape.n_embd, shape.n_ff)
     return w
 
 
-def write_tiny_model(path: Path, *, seed: int = 0) -> Path:
+def write_tiny_model(path: Path, *, seed: int = 0, shape: Shape = TINY) -> Path:
     """Write the tiny model to `path` (atomically: concurrent writers are safe); return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,12 +146,12 @@ def write_tiny_model(path: Path, *, seed: int = 0) -> Path:
         writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
         writer.add_vocab_size(N_VOCAB)
         writer.add_context_length(N_CTX_TRAIN)
-        writer.add_embedding_length(N_EMBD)
-        writer.add_block_count(N_LAYER)
-        writer.add_feed_forward_length(N_FF)
-        writer.add_head_count(N_HEAD)
-        writer.add_head_count_kv(N_HEAD_KV)
-        writer.add_rope_dimension_count(N_EMBD // N_HEAD)
+        writer.add_embedding_length(shape.n_embd)
+        writer.add_block_count(shape.n_layer)
+        writer.add_feed_forward_length(shape.n_ff)
+        writer.add_head_count(shape.n_head)
+        writer.add_head_count_kv(shape.n_head)
+        writer.add_rope_dimension_count(shape.n_embd // shape.n_head)
         writer.add_rope_freq_base(ROPE_FREQ_BASE)
         writer.add_layer_norm_rms_eps(RMS_EPS)
 
@@ -152,7 +168,7 @@ def write_tiny_model(path: Path, *, seed: int = 0) -> Path:
         writer.add_add_space_prefix(False)
         writer.add_chat_template(CHAT_TEMPLATE)
 
-        for name, tensor in _weights(seed).items():
+        for name, tensor in _weights(seed, shape).items():
             writer.add_tensor(name, tensor)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
