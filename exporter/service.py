@@ -13,7 +13,7 @@ import contextlib
 import statistics
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -358,10 +358,9 @@ class Exporter:
             if target.server.metrics_url is not None:
                 return await server_busy(target.server)
             # No server metrics: a heartbeat now, against the idle heartbeats' baseline.
-            history = self._idle_heartbeats.get(target.key)
-            if not history or len(history) < 3 or self._heartbeats is None:
+            baseline = _baseline(self._idle_heartbeats.get(target.key, ()))
+            if baseline is None or self._heartbeats is None:
                 return None
-            baseline = statistics.quantiles(history, n=4)[0] if len(history) > 3 else min(history)
             backend = backend_for(target.server, target.model)
             outcome = await backend.execute(
                 self._heartbeats,
@@ -391,7 +390,13 @@ class Exporter:
         if target.server.name in self.sweeping:
             return  # a sweep started meanwhile: its load says nothing about "up"
         if outcome.ok:
-            self._idle_heartbeats.setdefault(key, deque(maxlen=20)).append(outcome.latency_s)
+            # Only idle-looking heartbeats make the baseline, or sustained traffic would
+            # slowly teach it that "busy" is normal.
+            history = self._idle_heartbeats.setdefault(key, deque(maxlen=20))
+            baseline = _baseline(history)
+            factor = target.model.probe.busy_latency_factor
+            if baseline is None or outcome.latency_s <= factor * baseline:
+                history.append(outcome.latency_s)
         was_up = self._up.get(key, False)
         self._up[key] = outcome.ok
         self.metrics.record_heartbeat(target.server.name, target.model.name, outcome)
@@ -453,6 +458,14 @@ class Exporter:
         if restart_only:
             log.warning("changes need a restart", extra=fields(keys=",".join(restart_only)))
         return True, "config reloaded"
+
+
+def _baseline(latencies: Iterable[float]) -> float | None:
+    """The idle heartbeat latency: the lower quartile of the recent ones (3 at least)."""
+    values = sorted(latencies)
+    if len(values) < 3:
+        return None
+    return statistics.quantiles(values, n=4)[0] if len(values) > 3 else values[0]
 
 
 def _round(x: float | None) -> float | None:

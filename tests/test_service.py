@@ -574,3 +574,61 @@ def test_sweeps_yield_to_real_traffic(
     doc = until(lambda: swept(exporter.url, 1), timeout_s=30)
     assert doc["models"][0]["levels"][0]["successes"] >= 1
     assert "sweep deferred: the server is busy with other traffic" in exporter.messages()
+
+
+def test_without_server_metrics_a_slow_heartbeat_defers_the_sweep(
+    sim_process: Callable[..., SimProcess], serve_process: SweepStarter, tmp_path: Path
+) -> None:
+    import threading
+
+    sim = sim_process("seed", time_scale=0.1)  # phi4_fast: one slot, 0.158 s per answer
+    config = write_config(
+        tmp_path,
+        sim.url,
+        models=("phi4_fast",),
+        probe="{levels: [1], duration: 0.3s, interval: 0s, timeout: 10s, warmup: false, "
+        "busy_latency_factor: 1.5}",
+        schedule="{sweep: 3s, heartbeat: 0.25s, run_on_start: false, defer_retries: 50, "
+        "defer_delay: 0.5s}",
+    )
+    exporter = serve_process(config)
+    labels = {"model": "phi4_fast", "server": "multi_model_server"}
+
+    def beat() -> float | None:
+        samples = parse_metrics(scrape(exporter.url + "/metrics"))
+        return metric(samples, "llm_probe_heartbeat_timestamp_seconds", **labels)
+
+    first = until(beat)
+    until(lambda: (beat() or 0) > first + 0.7)  # a few idle heartbeats: the baseline
+    stop = threading.Event()
+
+    def real_user() -> None:  # bounded: stops on `stop` or after 60 s
+        deadline = time.monotonic() + 60
+        body = json.dumps(
+            {"model": "phi4_fast", "messages": [{"role": "user", "content": "hi"}],
+             "max_tokens": 4, "stream": False}
+        ).encode()  # fmt: skip
+        while not stop.is_set() and time.monotonic() < deadline:
+            request = urllib.request.Request(
+                sim.url + "/v1/chat/completions", data=body,
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            urllib.request.urlopen(request, timeout=30).read()
+
+    users = [threading.Thread(target=real_user, daemon=True) for _ in range(3)]
+    for user in users:
+        user.start()
+
+    def deferred() -> float:
+        samples = parse_metrics(scrape(exporter.url + "/metrics"))
+        return metric(samples, "llm_probe_sweeps_deferred_total", **labels,
+                      reason="slow_heartbeat") or 0  # fmt: skip
+
+    try:
+        until(lambda: deferred() >= 1, timeout_s=30)
+    finally:
+        stop.set()
+        for user in users:
+            user.join(timeout=30)
+    until(lambda: swept(exporter.url, 1), timeout_s=30)
+    assert "sweep deferred: the server is busy with other traffic" in exporter.messages()
