@@ -525,31 +525,46 @@ def test_web_config_tls_and_basic_auth_protect_every_endpoint(
     assert proc.stderr.count("\n") == 1
 
 
+class RealUsers:
+    """Somebody else's traffic: `n` threads sending requests back to back to the server,
+    until stopped (or for 60 s at most)."""
+
+    def __init__(self, url: str, model: str, n: int) -> None:
+        import threading
+
+        self.stopped = threading.Event()
+        self.body = json.dumps(
+            {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        ).encode()
+        self.url = url + "/v1/chat/completions"
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(n)]
+
+    def _loop(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self.stopped.is_set() and time.monotonic() < deadline:
+            request = urllib.request.Request(
+                self.url, data=self.body, headers={"Content-Type": "application/json"}
+            )
+            urllib.request.urlopen(request, timeout=30).read()
+
+    def start(self) -> RealUsers:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+
 def test_sweeps_yield_to_real_traffic(
     sim_process: Callable[..., SimProcess], serve_process: SweepStarter, tmp_path: Path
 ) -> None:
     """While somebody else uses the server, the sweep is deferred (counted, logged) and
     retried later; once the server is idle it runs."""
-    import threading
-
     sim = sim_process("seed", time_scale=1.0)  # phi4_fast: one slot, 1.58 s per answer
-    stop = threading.Event()
-
-    def real_user() -> None:  # bounded: stops on `stop` or after 60 s
-        deadline = time.monotonic() + 60
-        body = json.dumps(
-            {"model": "phi4_fast", "messages": [{"role": "user", "content": "hi"}],
-             "max_tokens": 4}
-        ).encode()  # fmt: skip
-        while not stop.is_set() and time.monotonic() < deadline:
-            request = urllib.request.Request(
-                sim.url + "/v1/chat/completions", data=body,
-                headers={"Content-Type": "application/json"},
-            )  # fmt: skip
-            urllib.request.urlopen(request, timeout=30).read()
-
-    user = threading.Thread(target=real_user, daemon=True)
-    user.start()
+    users = RealUsers(sim.url, "phi4_fast", 1).start()
     time.sleep(0.3)  # its first request is in service
     config = write_config(
         tmp_path,
@@ -567,10 +582,11 @@ def test_sweeps_yield_to_real_traffic(
         samples = parse_metrics(scrape(exporter.url + "/metrics"))
         return metric(samples, "llm_probe_sweeps_deferred_total", **labels) or 0
 
-    until(lambda: deferred() >= 2, timeout_s=30)
-    assert results_of(exporter.url)["models"] == []  # nothing ran while the user was there
-    stop.set()
-    user.join(timeout=30)
+    try:
+        until(lambda: deferred() >= 2, timeout_s=30)
+        assert results_of(exporter.url)["models"] == []  # nothing ran while the user was there
+    finally:
+        users.stop()
     doc = until(lambda: swept(exporter.url, 1), timeout_s=30)
     assert doc["models"][0]["levels"][0]["successes"] >= 1
     assert "sweep deferred: the server is busy with other traffic" in exporter.messages()
@@ -579,8 +595,6 @@ def test_sweeps_yield_to_real_traffic(
 def test_without_server_metrics_a_slow_heartbeat_defers_the_sweep(
     sim_process: Callable[..., SimProcess], serve_process: SweepStarter, tmp_path: Path
 ) -> None:
-    import threading
-
     sim = sim_process("seed", time_scale=0.1)  # phi4_fast: one slot, 0.158 s per answer
     config = write_config(
         tmp_path,
@@ -600,24 +614,7 @@ def test_without_server_metrics_a_slow_heartbeat_defers_the_sweep(
 
     first = until(beat)
     until(lambda: (beat() or 0) > first + 0.7)  # a few idle heartbeats: the baseline
-    stop = threading.Event()
-
-    def real_user() -> None:  # bounded: stops on `stop` or after 60 s
-        deadline = time.monotonic() + 60
-        body = json.dumps(
-            {"model": "phi4_fast", "messages": [{"role": "user", "content": "hi"}],
-             "max_tokens": 4, "stream": False}
-        ).encode()  # fmt: skip
-        while not stop.is_set() and time.monotonic() < deadline:
-            request = urllib.request.Request(
-                sim.url + "/v1/chat/completions", data=body,
-                headers={"Content-Type": "application/json"},
-            )  # fmt: skip
-            urllib.request.urlopen(request, timeout=30).read()
-
-    users = [threading.Thread(target=real_user, daemon=True) for _ in range(3)]
-    for user in users:
-        user.start()
+    users = RealUsers(sim.url, "phi4_fast", 3).start()
 
     def deferred() -> float:
         samples = parse_metrics(scrape(exporter.url + "/metrics"))
@@ -627,8 +624,6 @@ def test_without_server_metrics_a_slow_heartbeat_defers_the_sweep(
     try:
         until(lambda: deferred() >= 1, timeout_s=30)
     finally:
-        stop.set()
-        for user in users:
-            user.join(timeout=30)
+        users.stop()
     until(lambda: swept(exporter.url, 1), timeout_s=30)
     assert "sweep deferred: the server is busy with other traffic" in exporter.messages()
