@@ -13,7 +13,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.backends.base import CANCELLED, ERROR, SUCCESS, TIMEOUT, Backend, HttpClient, Outcome
@@ -132,13 +132,7 @@ async def run_level(
     finally:
         await client.close()
     live.memory_ratio = window.end
-    level = summarise(concurrency, outcomes, elapsed, window, aborted)
-    return replace(
-        level,
-        server_running_peak=peaks.running,
-        server_waiting_peak=peaks.waiting,
-        server_kv_cache_usage_peak=peaks.kv_cache_usage,
-    )
+    return summarise(concurrency, outcomes, elapsed, window, peaks, aborted)
 
 
 def summarise(
@@ -146,6 +140,7 @@ def summarise(
     outcomes: Sequence[Outcome],
     elapsed_s: float,
     window: MemoryWindow,
+    peaks: SignalPeaks,
     aborted: bool,
 ) -> LevelResult:
     ok = [o for o in outcomes if o.kind == SUCCESS]
@@ -177,4 +172,7 @@ def summarise(
         elapsed_s=elapsed_s,
         aborted=aborted,
         server_rss_peak_bytes=window.server_rss_peak,
+        server_running_peak=peaks.running,
+        server_waiting_peak=peaks.waiting,
+        server_kv_cache_usage_peak=peaks.kv_cache_usage,
     )

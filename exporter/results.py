@@ -19,7 +19,6 @@ STOP_MEMORY = "memory_limit"
 STOP_ERRORS = "error_ratio"
 STOP_LATENCY = "latency_p95"
 STOP_NO_REQUESTS = "no_requests"
-STOP_REASONS = (STOP_MEMORY, STOP_ERRORS, STOP_LATENCY, STOP_NO_REQUESTS)
 
 
 class ResultsError(ValueError):

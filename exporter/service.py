@@ -39,6 +39,7 @@ from exporter.results import LevelResult, ModelResult
 from exporter.snapshot import render_snapshot, write_snapshot_async
 from exporter.state import Key, ResultsStore
 from exporter.sweep import SweepDeferred, SweepObserver, run_sweep, server_busy
+from exporter.webconfig import WebConfig
 
 HEARTBEAT_MAX_TOKENS = 1
 HEARTBEAT_TIMEOUT_S = 10.0
@@ -104,7 +105,7 @@ class Exporter:
         *,
         config_path: str | None = None,
         listen_address: str | None = None,
-        web_config: Any = None,
+        web_config: WebConfig | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -158,12 +159,11 @@ class Exporter:
         host, port = parse_listen_address(self.listen_address)
         self._runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None)
         await self._runner.setup()
-        ssl_context = getattr(self.web_config, "ssl_context", None)
+        ssl_context = self.web_config.ssl_context if self.web_config else None
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        # The bound port (the address may ask for port 0: any free one).
+        self.port = int(self._runner.addresses[0][1])
         self._schedule_jobs(first_start=True)
         self.scheduler.start()
         await self.write_snapshot()

@@ -217,6 +217,11 @@ def metric(
     return samples.get((name, frozenset(labels.items())))
 
 
+def gauge(url: str, name: str, **labels: str) -> float | None:
+    """One sample of the exporter's /metrics at `url` (None when the series is absent)."""
+    return metric(parse_metrics(scrape(url + "/metrics")), name, **labels)
+
+
 def until(check: Callable[[], Any], timeout_s: float = 60, every_s: float = 0.2) -> Any:
     """Poll `check` until it returns something truthy (bounded; raises on time-out)."""
     deadline = time.monotonic() + timeout_s

@@ -20,6 +20,7 @@ from tests.conftest import (
     ServeProcess,
     SimProcess,
     free_port,
+    gauge,
     metric,
     parse_metrics,
     scrape,
@@ -241,8 +242,7 @@ def test_reload_keeps_the_old_config_when_broken_and_applies_a_good_one(
     exporter = serve_process(config)
 
     def up(model: str) -> float | None:
-        samples = parse_metrics(scrape(exporter.url + "/metrics"))
-        return metric(samples, "llm_probe_up", model=model, server="multi_model_server")
+        return gauge(exporter.url, "llm_probe_up", model=model, server="multi_model_server")
 
     until(lambda: up("phi4_fast") == 1)
     good = config.read_text()
@@ -261,31 +261,11 @@ def test_reload_keeps_the_old_config_when_broken_and_applies_a_good_one(
     assert json.loads(scrape(exporter.url + "/-/reload", data=b""))["status"] == "success"
     samples = parse_metrics(scrape(exporter.url + "/metrics"))
     assert metric(samples, "llm_probe_config_last_reload_successful") == 1
-    until(
-        lambda: (
-            metric(
-                parse_metrics(scrape(exporter.url + "/metrics")),
-                "llm_probe_up",
-                model="qwen_coder",
-                server="multi_model_server",
-            )
-            == 1
-        )
-    )
+    until(lambda: up("qwen_coder") == 1)
     # SIGHUP does the same: remove a model again.
     config.write_text(good)
     exporter.signal(signal.SIGHUP)
-    until(
-        lambda: (
-            metric(
-                parse_metrics(scrape(exporter.url + "/metrics")),
-                "llm_probe_up",
-                model="qwen_coder",
-                server="multi_model_server",
-            )
-            is None
-        )
-    )
+    until(lambda: up("qwen_coder") is None)
     assert exporter.messages().count("config reloaded") == 2
     assert "config reload failed, keeping the running config" in exporter.messages()
 
@@ -311,8 +291,8 @@ def test_sigterm_during_a_sweep_exits_0_and_publishes_nothing(
     second = serve_process(slow)
     until(
         lambda: (
-            metric(
-                parse_metrics(scrape(second.url + "/metrics")),
+            gauge(
+                second.url,
                 "llm_probe_sweep_running",
                 model="qwen_coder",
                 server="multi_model_server",
@@ -579,8 +559,7 @@ def test_sweeps_yield_to_real_traffic(
     labels = {"model": "phi4_fast", "server": "multi_model_server", "reason": "server_busy"}
 
     def deferred() -> float:
-        samples = parse_metrics(scrape(exporter.url + "/metrics"))
-        return metric(samples, "llm_probe_sweeps_deferred_total", **labels) or 0
+        return gauge(exporter.url, "llm_probe_sweeps_deferred_total", **labels) or 0
 
     try:
         until(lambda: deferred() >= 2, timeout_s=30)
@@ -609,17 +588,15 @@ def test_without_server_metrics_a_slow_heartbeat_defers_the_sweep(
     labels = {"model": "phi4_fast", "server": "multi_model_server"}
 
     def beat() -> float | None:
-        samples = parse_metrics(scrape(exporter.url + "/metrics"))
-        return metric(samples, "llm_probe_heartbeat_timestamp_seconds", **labels)
+        return gauge(exporter.url, "llm_probe_heartbeat_timestamp_seconds", **labels)
 
     first = until(beat)
     until(lambda: (beat() or 0) > first + 0.7)  # a few idle heartbeats: the baseline
     users = RealUsers(sim.url, "phi4_fast", 3).start()
 
     def deferred() -> float:
-        samples = parse_metrics(scrape(exporter.url + "/metrics"))
-        return metric(samples, "llm_probe_sweeps_deferred_total", **labels,
-                      reason="slow_heartbeat") or 0  # fmt: skip
+        return gauge(exporter.url, "llm_probe_sweeps_deferred_total", **labels,
+                     reason="slow_heartbeat") or 0  # fmt: skip
 
     try:
         until(lambda: deferred() >= 1, timeout_s=30)
