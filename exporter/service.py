@@ -150,7 +150,7 @@ class Exporter:
     async def start(self) -> None:
         from exporter.web import build_app
 
-        restored = self.store.load()
+        restored = await asyncio.to_thread(self.store.load)
         if restored:
             log.info("results restored", extra=fields(path=str(self.store.path), models=restored))
         self._apply_targets()
