@@ -157,6 +157,17 @@ class ServeProcess:
     def messages(self) -> list[str]:
         return [entry.get("msg", "") for entry in self.logs]
 
+    def logged(self, message: str, count: int = 1, timeout_s: float = 15) -> bool:
+        """Wait (bounded) until `message` has been logged at least `count` times.
+
+        The log is read by a thread, a moment after the state the test polls for changed:
+        asserting on `messages()` straight after `until(...)` races with that thread.
+        """
+        seen = until(
+            lambda: self.messages().count(message) >= count, timeout_s=timeout_s, every_s=0.05
+        )
+        return bool(seen)
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)

@@ -203,7 +203,7 @@ def test_heartbeat_follows_the_server(
         until(lambda: up()[0] == 1, timeout_s=30)
     finally:
         restarted.stop()
-    assert "model down" in exporter.messages() and "model up" in exporter.messages()
+    assert exporter.logged("model down") and exporter.logged("model up", count=2)
 
 
 def test_one_sweep_at_a_time_and_scrapes_answer_during_a_20_user_level(
@@ -229,6 +229,7 @@ def test_one_sweep_at_a_time_and_scrapes_answer_during_a_20_user_level(
         time.sleep(0.1)
     assert running_seen >= 5  # /metrics answered all along while 20 users ran
     # The log shows the sweeps strictly one after the other.
+    assert exporter.logged("sweep done", count=2)
     events = [m for m in exporter.messages() if m in ("sweep started", "sweep done")]
     assert events == ["sweep started", "sweep done"] * 2
 
@@ -266,8 +267,9 @@ def test_reload_keeps_the_old_config_when_broken_and_applies_a_good_one(
     config.write_text(good)
     exporter.signal(signal.SIGHUP)
     until(lambda: up("qwen_coder") is None)
+    assert exporter.logged("config reloaded", count=2)
     assert exporter.messages().count("config reloaded") == 2
-    assert "config reload failed, keeping the running config" in exporter.messages()
+    assert exporter.logged("config reload failed, keeping the running config")
 
 
 def test_sigterm_during_a_sweep_exits_0_and_publishes_nothing(
@@ -335,7 +337,7 @@ def test_restart_restores_the_last_results_with_their_timestamps(
         )
         assert stamp is not None
         assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp)) == m["finished_at"]
-    assert "results restored" in second.messages()
+    assert second.logged("results restored")
 
 
 def test_bad_config_and_flags_stop_start_up_before_binding(tmp_path: Path) -> None:
@@ -443,7 +445,7 @@ def test_api_key_never_appears_in_any_output(
         "".join(exporter.raw),
     ]
     assert all(secret not in text for text in outputs)
-    assert "sweep done" in exporter.messages()
+    assert exporter.logged("sweep done")
 
 
 def test_web_config_tls_and_basic_auth_protect_every_endpoint(
@@ -568,7 +570,7 @@ def test_sweeps_yield_to_real_traffic(
         users.stop()
     doc = until(lambda: swept(exporter.url, 1), timeout_s=30)
     assert doc["models"][0]["levels"][0]["successes"] >= 1
-    assert "sweep deferred: the server is busy with other traffic" in exporter.messages()
+    assert exporter.logged("sweep deferred: the server is busy with other traffic")
 
 
 def test_without_server_metrics_a_slow_heartbeat_defers_the_sweep(
@@ -603,4 +605,4 @@ def test_without_server_metrics_a_slow_heartbeat_defers_the_sweep(
     finally:
         users.stop()
     until(lambda: swept(exporter.url, 1), timeout_s=30)
-    assert "sweep deferred: the server is busy with other traffic" in exporter.messages()
+    assert exporter.logged("sweep deferred: the server is busy with other traffic")
