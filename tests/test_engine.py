@@ -166,13 +166,15 @@ async def test_closed_loop_counts_and_accounting(simulator: SimFactory) -> None:
 
 
 async def test_warm_up_measures_cold_start_and_is_not_counted(simulator: SimFactory) -> None:
-    sim = await simulator(profile(service_time="20ms", load_delay="400ms"))
+    # A load 75 times longer than a request: a level-1 request that paid for it could not
+    # be mistaken for one that did not, however busy the machine.
+    sim = await simulator(profile(service_time="20ms", load_delay="1.5s"))
     server, model = target(sim.url, levels=(1,), duration_s=0.3, interval_s=0, warmup=True)
     result = await run_sweep(server, model)
-    assert result.cold_start_s is not None and result.cold_start_s >= 0.4
+    assert result.cold_start_s is not None and result.cold_start_s >= 1.5
     level = result.levels[0]
     # The load happened in the warm-up: no level-1 request paid for it.
-    assert level.latency_max_s is not None and level.latency_max_s < 0.4
+    assert level.latency_max_s is not None and level.latency_max_s < 1.5
     stats = await sim_stats(sim.url)
     assert stats["m"]["requests"] == level.requests + 1
 
@@ -180,10 +182,12 @@ async def test_warm_up_measures_cold_start_and_is_not_counted(simulator: SimFact
 async def test_ollama_cold_start_is_the_server_reported_load_duration(
     simulator: SimFactory,
 ) -> None:
-    sim = await simulator(profile(service_time="20ms", load_delay="300ms"))
+    # The warm-up request takes 0.3 s of loading plus 1 s of service; the cold start is the
+    # server's 0.3 s of loading, not the client's 1.3 s round trip.
+    sim = await simulator(profile(service_time="1s", load_delay="300ms"))
     server, model = target(sim.url, api="ollama", levels=(1,), duration_s=0.2, warmup=True)
     result = await run_sweep(server, model)
-    assert result.cold_start_s is not None and 0.3 <= result.cold_start_s < 0.3 + 0.2
+    assert result.cold_start_s is not None and 0.3 <= result.cold_start_s < 1.3
 
 
 @pytest.mark.parametrize("users", [1, 8, 20])
@@ -235,7 +239,6 @@ async def test_memory_guard_aborts_the_level_that_crosses_the_limit(
     assert crossed.memory_peak_ratio > limit
     # Aborted mid-request: the 4 requests in flight were cancelled, none completed.
     assert crossed.errors_by_reason == {"cancelled": 4}
-    assert crossed.elapsed_s < 3.0  # each request takes 3 s: it was cut, not finished
     assert result.max_safe_concurrency == 2
     assert all(lv.memory_peak_ratio <= limit for lv in result.levels[:2])
     stats = await sim_stats(sim.url)

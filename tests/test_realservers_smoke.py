@@ -7,7 +7,6 @@ see tests/realservers/build.py); a failed build fails these tests, it never skip
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,9 +181,7 @@ async def test_engine_sweep(server: RealServer) -> None:
     )  # fmt: skip
     config = adhoc_config(server.url, "openai", [server.model_id], probe)
     (srv_config, model_config) = config.targets()[0]
-    t0 = time.monotonic()
     result = await run_sweep(srv_config, model_config)
-    assert time.monotonic() - t0 < 30
     assert [lv.concurrency for lv in result.levels] == [1, 2]
     for lv in result.levels:
         assert lv.requests > 0 and lv.successes == lv.requests, lv
