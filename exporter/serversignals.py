@@ -79,7 +79,7 @@ class ServerSignalSampler:
     """Reads the server's metrics every `interval_s` while a level runs; keeps the peaks."""
 
     url: str
-    interval_s: float = 0.5
+    interval_s: float = 0.25
     peaks: SignalPeaks = field(default_factory=SignalPeaks)
     _session: aiohttp.ClientSession | None = None
     _task: asyncio.Task[None] | None = None

@@ -176,7 +176,11 @@ async def run_sweep(
             sampler,
             live=live,
             on_outcome=lambda o: observer.request_done(server, model, o),
-            signals=ServerSignalSampler(server.metrics_url) if server.metrics_url else None,
+            signals=(
+                ServerSignalSampler(server.metrics_url, settings.memory_sample_interval_s)
+                if server.metrics_url
+                else None
+            ),
         )
         passed, reason = judge(measured, settings)
         level = replace(measured, passed=passed, stop_reason=reason)
