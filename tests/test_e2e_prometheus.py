@@ -27,7 +27,15 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import REPO, ServeProcess, SimProcess, free_port, until, wait_for_port
+from tests.conftest import (
+    REPO,
+    ServeProcess,
+    SimProcess,
+    free_port,
+    stop_process,
+    until,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -93,13 +101,7 @@ class Daemon:
         )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def short_for_rules(src: Path, dst: Path) -> list[str]:

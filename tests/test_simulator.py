@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,29 +29,14 @@ from exporter.simulator import (
     profile_from_dict,
     serve_simulator,
 )
+from tests.conftest import SimFactory
 
-StartSim = Callable[..., Awaitable[Simulator]]
 CHAT = [{"role": "user", "content": "Say something."}]
 
 
 def one_model(**model: Any) -> dict[str, Any]:
     """A profile with one fast model "m"; keyword arguments override its fields."""
     return {"server_name": "sim", "models": [{"name": "m", "service_time": "30ms", **model}]}
-
-
-@pytest.fixture
-async def start_sim() -> AsyncIterator[StartSim]:
-    started: list[Simulator] = []
-
-    async def start(profile: dict[str, Any], time_scale: float = 1.0) -> Simulator:
-        sim = Simulator(profile_from_dict(profile), time_scale=time_scale)
-        await sim.start("127.0.0.1", 0)
-        started.append(sim)
-        return sim
-
-    yield start
-    for sim in started:
-        await sim.stop()
 
 
 @pytest.fixture
@@ -103,9 +88,9 @@ def ndjson(raw: bytes) -> list[dict[str, Any]]:
 
 
 async def test_models_are_listed_by_both_apis(
-    start_sim: StartSim, http: aiohttp.ClientSession
+    simulator: SimFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim = await start_sim(
+    sim = await simulator(
         {"models": [{"name": "a", "resident_mb": 1}, {"name": "b", "service_time": 0}]}
     )
     async with http.get(sim.url + "/v1/models") as response:
@@ -132,9 +117,9 @@ async def test_models_are_listed_by_both_apis(
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 async def test_openai_non_stream_answer(
-    start_sim: StartSim, http: aiohttp.ClientSession, path: str
+    simulator: SimFactory, http: aiohttp.ClientSession, path: str
 ) -> None:
-    sim = await start_sim(one_model())
+    sim = await simulator(one_model())
     chat = path.endswith("chat/completions")
     body: dict[str, Any] = {"model": "m", "max_tokens": 5}
     body |= {"messages": CHAT} if chat else {"prompt": "Say something."}
@@ -152,9 +137,9 @@ async def test_openai_non_stream_answer(
 
 
 async def test_openai_without_max_tokens_gives_16_tokens_and_stops(
-    start_sim: StartSim, http: aiohttp.ClientSession
+    simulator: SimFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim = await start_sim(one_model())
+    sim = await simulator(one_model())
     _, raw, _ = await post(http, sim, "/v1/chat/completions", {"model": "m", "messages": CHAT})
     doc = json.loads(raw)
     assert doc["usage"]["completion_tokens"] == 16
@@ -162,8 +147,8 @@ async def test_openai_without_max_tokens_gives_16_tokens_and_stops(
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
-async def test_openai_stream(start_sim: StartSim, http: aiohttp.ClientSession, path: str) -> None:
-    sim = await start_sim(one_model(service_time="60ms"))
+async def test_openai_stream(simulator: SimFactory, http: aiohttp.ClientSession, path: str) -> None:
+    sim = await simulator(one_model(service_time="60ms"))
     chat = path.endswith("chat/completions")
     body: dict[str, Any] = {
         "model": "m",
@@ -192,9 +177,9 @@ async def test_openai_stream(start_sim: StartSim, http: aiohttp.ClientSession, p
 
 
 async def test_stream_packs_tokens_when_the_service_time_is_short(
-    start_sim: StartSim, http: aiohttp.ClientSession
+    simulator: SimFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim = await start_sim(one_model(service_time="20ms"))
+    sim = await simulator(one_model(service_time="20ms"))
     body = {"model": "m", "messages": CHAT, "max_tokens": 100, "stream": True}
     _, raw, _ = await post(http, sim, "/v1/chat/completions", body)
     content = [json.loads(e) for e in sse_events(raw)[:-2]]
@@ -205,9 +190,9 @@ async def test_stream_packs_tokens_when_the_service_time_is_short(
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
 async def test_ollama_streams_by_default(
-    start_sim: StartSim, http: aiohttp.ClientSession, path: str
+    simulator: SimFactory, http: aiohttp.ClientSession, path: str
 ) -> None:
-    sim = await start_sim(one_model())
+    sim = await simulator(one_model())
     chat = path == "/api/chat"
     body: dict[str, Any] = {"model": "m", "options": {"num_predict": 6}}
     body |= {"messages": CHAT} if chat else {"prompt": "Say something."}
@@ -228,9 +213,9 @@ async def test_ollama_streams_by_default(
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
 async def test_ollama_non_stream(
-    start_sim: StartSim, http: aiohttp.ClientSession, path: str
+    simulator: SimFactory, http: aiohttp.ClientSession, path: str
 ) -> None:
-    sim = await start_sim(one_model())
+    sim = await simulator(one_model())
     chat = path == "/api/chat"
     body: dict[str, Any] = {"model": "m:latest", "stream": False, "options": {"num_predict": 4}}
     body |= {"messages": CHAT} if chat else {"prompt": "Say something."}
@@ -243,9 +228,9 @@ async def test_ollama_non_stream(
 
 
 async def test_ollama_request_without_prompt_only_loads(
-    start_sim: StartSim, http: aiohttp.ClientSession
+    simulator: SimFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim = await start_sim(one_model())
+    sim = await simulator(one_model())
     status, raw, _ = await post(http, sim, "/api/generate", {"model": "m"})
     assert status == 200
     assert json.loads(raw)["done_reason"] == "load"
@@ -253,9 +238,9 @@ async def test_ollama_request_without_prompt_only_loads(
 
 
 async def test_unknown_model_and_bad_bodies(
-    start_sim: StartSim, http: aiohttp.ClientSession
+    simulator: SimFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim = await start_sim(one_model())
+    sim = await simulator(one_model())
     status, raw, _ = await post(http, sim, "/v1/chat/completions", {"model": "x", "messages": CHAT})
     assert status == 404
     error = json.loads(raw)["error"]
@@ -277,10 +262,10 @@ async def test_unknown_model_and_bad_bodies(
 
 
 async def test_parallel_1_serves_in_fifo_order(
-    start_sim: StartSim, http: aiohttp.ClientSession
+    simulator: SimFactory, http: aiohttp.ClientSession
 ) -> None:
     service = 0.08
-    sim = await start_sim(one_model(parallel=1, service_time=f"{service}s"))
+    sim = await simulator(one_model(parallel=1, service_time=f"{service}s"))
     done: list[tuple[int, float]] = []
     t0 = time.perf_counter()
 
@@ -305,9 +290,9 @@ async def test_parallel_1_serves_in_fifo_order(
 
 
 async def test_parallel_2_serves_two_at_once(
-    start_sim: StartSim, http: aiohttp.ClientSession
+    simulator: SimFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim = await start_sim(one_model(parallel=2, service_time="100ms"))
+    sim = await simulator(one_model(parallel=2, service_time="100ms"))
     body = {"model": "m", "prompt": "x"}
     ends: list[float] = []
     t0 = time.perf_counter()
@@ -325,9 +310,9 @@ async def test_parallel_2_serves_two_at_once(
 
 
 async def test_cancelled_queued_request_leaves_the_queue(
-    start_sim: StartSim, http: aiohttp.ClientSession
+    simulator: SimFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim = await start_sim(one_model(parallel=1, service_time="150ms"))
+    sim = await simulator(one_model(parallel=1, service_time="150ms"))
     body = {"model": "m", "prompt": "x"}
     first = asyncio.create_task(post(http, sim, "/v1/completions", body))
     await wait_for(http, sim, lambda s: s["active"] == 1)
@@ -347,9 +332,9 @@ async def test_cancelled_queued_request_leaves_the_queue(
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
 async def test_error_ratio_answers_500(
-    start_sim: StartSim, http: aiohttp.ClientSession, path: str
+    simulator: SimFactory, http: aiohttp.ClientSession, path: str
 ) -> None:
-    sim = await start_sim(one_model(faults={"error_ratio": 1.0}))
+    sim = await simulator(one_model(faults={"error_ratio": 1.0}))
     status, raw, _ = await post(http, sim, path, {"model": "m", "messages": CHAT})
     assert status == 500 and "error" in json.loads(raw)
     assert (await stats(http, sim))["errors"] == 1
@@ -360,9 +345,9 @@ async def test_error_ratio_answers_500(
     [("/api/chat", 503), ("/v1/chat/completions", 503), ("/v1/chat/completions", 429)],
 )
 async def test_full_queue_is_rejected_at_once(
-    start_sim: StartSim, http: aiohttp.ClientSession, path: str, status: int
+    simulator: SimFactory, http: aiohttp.ClientSession, path: str, status: int
 ) -> None:
-    sim = await start_sim(
+    sim = await simulator(
         one_model(service_time="200ms", faults={"queue_limit": 1, "queue_full_status": status})
     )
     body = {"model": "m", "messages": CHAT, "stream": False}
@@ -382,9 +367,9 @@ async def test_full_queue_is_rejected_at_once(
 
 
 async def test_hang_holds_until_the_client_gives_up(
-    start_sim: StartSim, http: aiohttp.ClientSession
+    simulator: SimFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim = await start_sim(one_model(per_request_mb=1, faults={"hang_ratio": 1.0}))
+    sim = await simulator(one_model(per_request_mb=1, faults={"hang_ratio": 1.0}))
     with pytest.raises(TimeoutError):
         async with http.post(
             sim.url + "/v1/completions",
@@ -397,8 +382,8 @@ async def test_hang_holds_until_the_client_gives_up(
     assert (current["hung"], current["cancelled"], current["allocated_mb"]) == (1, 1, 0)
 
 
-async def test_stop_ends_hung_requests(start_sim: StartSim, http: aiohttp.ClientSession) -> None:
-    sim = await start_sim(one_model(per_request_mb=1, faults={"hang_ratio": 1.0}))
+async def test_stop_ends_hung_requests(simulator: SimFactory, http: aiohttp.ClientSession) -> None:
+    sim = await simulator(one_model(per_request_mb=1, faults={"hang_ratio": 1.0}))
     hung = asyncio.create_task(post(http, sim, "/v1/completions", {"model": "m", "prompt": "x"}))
     await wait_for(http, sim, lambda s: s["hung"] == 1)
     await sim.stop()
@@ -406,8 +391,8 @@ async def test_stop_ends_hung_requests(start_sim: StartSim, http: aiohttp.Client
         await hung
 
 
-async def test_truncated_streams(start_sim: StartSim, http: aiohttp.ClientSession) -> None:
-    sim = await start_sim(one_model(faults={"truncate_ratio": 1.0}))
+async def test_truncated_streams(simulator: SimFactory, http: aiohttp.ClientSession) -> None:
+    sim = await simulator(one_model(faults={"truncate_ratio": 1.0}))
     body = {"model": "m", "messages": CHAT, "stream": True, "max_tokens": 6}
     _, raw, _ = await post(http, sim, "/v1/chat/completions", body)
     events = sse_events(raw)
@@ -421,9 +406,9 @@ async def test_truncated_streams(start_sim: StartSim, http: aiohttp.ClientSessio
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
 async def test_truncated_non_stream_answer_is_unfinished(
-    start_sim: StartSim, http: aiohttp.ClientSession, path: str
+    simulator: SimFactory, http: aiohttp.ClientSession, path: str
 ) -> None:
-    sim = await start_sim(one_model(faults={"truncate_ratio": 1.0}))
+    sim = await simulator(one_model(faults={"truncate_ratio": 1.0}))
     body = {"model": "m", "messages": CHAT, "stream": False, "max_tokens": 6}
     body |= {"options": {"num_predict": 6}}
     status, raw, _ = await post(http, sim, path, body)
@@ -439,9 +424,9 @@ async def test_truncated_non_stream_answer_is_unfinished(
 @pytest.mark.parametrize("stream", [True, False])
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
 async def test_malformed_body_is_not_json(
-    start_sim: StartSim, http: aiohttp.ClientSession, path: str, stream: bool
+    simulator: SimFactory, http: aiohttp.ClientSession, path: str, stream: bool
 ) -> None:
-    sim = await start_sim(one_model(faults={"malformed_ratio": 1.0}))
+    sim = await simulator(one_model(faults={"malformed_ratio": 1.0}))
     status, raw, _ = await post(http, sim, path, {"model": "m", "messages": CHAT, "stream": stream})
     assert status == 200
     lines = [line.removeprefix(b"data: ") for line in raw.splitlines() if line]
@@ -454,17 +439,17 @@ async def test_malformed_body_is_not_json(
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_drop_cuts_the_answer(
-    start_sim: StartSim, http: aiohttp.ClientSession, stream: bool
+    simulator: SimFactory, http: aiohttp.ClientSession, stream: bool
 ) -> None:
-    sim = await start_sim(one_model(faults={"drop_ratio": 1.0}))
+    sim = await simulator(one_model(faults={"drop_ratio": 1.0}))
     body = {"model": "m", "messages": CHAT, "stream": stream}
     with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
         await post(http, sim, "/v1/chat/completions", body)
     assert (await wait_for(http, sim, lambda s: s["active"] == 0))["dropped"] == 1
 
 
-async def test_close_after_stream_closes_a_keep_alive_connection(start_sim: StartSim) -> None:
-    sim = await start_sim(one_model(faults={"close_after_stream": True}))
+async def test_close_after_stream_closes_a_keep_alive_connection(simulator: SimFactory) -> None:
+    sim = await simulator(one_model(faults={"close_after_stream": True}))
     body = json.dumps({"model": "m", "messages": CHAT, "stream": True}).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
     try:
@@ -482,9 +467,9 @@ async def test_close_after_stream_closes_a_keep_alive_connection(start_sim: Star
     assert b"data: [DONE]" in rest and rest.endswith(b"0\r\n\r\n")
 
 
-async def test_close_after_stream_breaks_a_reused_pooled_connection(start_sim: StartSim) -> None:
+async def test_close_after_stream_breaks_a_reused_pooled_connection(simulator: SimFactory) -> None:
     """What an aiohttp client sees when it reuses the connection right away."""
-    sim = await start_sim(one_model(service_time="5ms", faults={"close_after_stream": True}))
+    sim = await simulator(one_model(service_time="5ms", faults={"close_after_stream": True}))
     body = {"model": "m", "messages": CHAT, "stream": True}
     failures = 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
@@ -497,8 +482,8 @@ async def test_close_after_stream_breaks_a_reused_pooled_connection(start_sim: S
     assert failures >= 1
 
 
-async def test_runtime_faults_endpoint(start_sim: StartSim, http: aiohttp.ClientSession) -> None:
-    sim = await start_sim(one_model())
+async def test_runtime_faults_endpoint(simulator: SimFactory, http: aiohttp.ClientSession) -> None:
+    sim = await simulator(one_model())
     body = {"model": "m", "prompt": "x"}
     faults_url = sim.url + "/-/sim/models/m/faults"
     async with http.post(faults_url, json={"error_ratio": 1}) as response:
@@ -525,8 +510,10 @@ async def test_runtime_faults_endpoint(start_sim: StartSim, http: aiohttp.Client
 # --- loading and memory
 
 
-async def test_lazy_load_and_idle_unload(start_sim: StartSim, http: aiohttp.ClientSession) -> None:
-    sim = await start_sim(one_model(load_delay="200ms", idle_unload="300ms", resident_mb=2))
+async def test_lazy_load_and_idle_unload(
+    simulator: SimFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await simulator(one_model(load_delay="200ms", idle_unload="300ms", resident_mb=2))
     async with http.get(sim.url + "/api/ps") as response:
         assert (await response.json())["models"] == []
     body = {"model": "m", "messages": CHAT, "stream": False}
@@ -553,8 +540,8 @@ async def test_lazy_load_and_idle_unload(start_sim: StartSim, http: aiohttp.Clie
     assert (await stats(http, sim))["loads"] == 2
 
 
-async def test_unload_endpoint(start_sim: StartSim, http: aiohttp.ClientSession) -> None:
-    sim = await start_sim(one_model(resident_mb=1))
+async def test_unload_endpoint(simulator: SimFactory, http: aiohttp.ClientSession) -> None:
+    sim = await simulator(one_model(resident_mb=1))
     await post(http, sim, "/v1/completions", {"model": "m", "prompt": "x"})
     async with http.post(sim.url + "/-/sim/models/m/unload") as response:
         assert await response.json() == {"model": "m", "unloaded": True}
@@ -563,9 +550,9 @@ async def test_unload_endpoint(start_sim: StartSim, http: aiohttp.ClientSession)
 
 
 async def test_per_request_memory_is_really_allocated_and_freed(
-    start_sim: StartSim, http: aiohttp.ClientSession
+    simulator: SimFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim = await start_sim(one_model(service_time="300ms", per_request_mb=64))
+    sim = await simulator(one_model(service_time="300ms", per_request_mb=64))
     process = psutil.Process()
     before = process.memory_info().rss
     request = asyncio.create_task(post(http, sim, "/v1/completions", {"model": "m", "prompt": "x"}))
@@ -576,9 +563,9 @@ async def test_per_request_memory_is_really_allocated_and_freed(
 
 
 async def test_memory_cap_is_never_exceeded(
-    start_sim: StartSim, http: aiohttp.ClientSession
+    simulator: SimFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim = await start_sim(
+    sim = await simulator(
         {
             "memory_cap_mb": 10,
             "models": [
@@ -603,9 +590,9 @@ async def test_memory_cap_is_never_exceeded(
 
 
 async def test_time_scale_divides_every_duration(
-    start_sim: StartSim, http: aiohttp.ClientSession
+    simulator: SimFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim = await start_sim(one_model(service_time="1s", load_delay="2s"), time_scale=0.1)
+    sim = await simulator(one_model(service_time="1s", load_delay="2s"), time_scale=0.1)
     started = time.perf_counter()
     _, raw, _ = await post(
         http, sim, "/api/generate", {"model": "m", "prompt": "x", "stream": False}
