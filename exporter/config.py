@@ -15,9 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from exporter.durations import parse_duration
+from exporter.files import parse_user_yaml, read_user_file
 from exporter.results import Plan
 
 DEFAULT_PORT = 8464
@@ -156,25 +155,12 @@ KEYS: dict[str, set[str]] = {
 def load_config(path: str | Path) -> Config:
     """Read, parse and validate a config file; ConfigError on any problem."""
     p = Path(path)
+    raw = read_user_file(p, str(p), "config file", ConfigError)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{p}: is a directory, not a config file") from None
-    except PermissionError:
-        raise ConfigError(f"{p}: permission denied") from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a UTF-8 text file") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}:{where}: invalid YAML: {problem}") from None
+    doc = parse_user_yaml(text, str(p), ConfigError)
     try:
         return config_from_dict(doc, base_dir=p.parent)
     except ConfigError as exc:

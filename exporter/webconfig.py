@@ -130,6 +130,8 @@ import yaml
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
+from exporter.files import parse_user_yaml, read_user_file
+
 __all__ = [
     "AUTH_CACHE_SIZE",
     "BCRYPT_CONCURRENCY",
@@ -298,23 +300,8 @@ def load_web_config(path: str | Path) -> WebConfig:
     """
     label = os.fspath(path)
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise WebConfigError(f"{label}: no such file") from None
-    except IsADirectoryError:
-        raise WebConfigError(f"{label}: is a directory, not a web config file") from None
-    except PermissionError:
-        raise WebConfigError(f"{label}: permission denied") from None
-    except OSError as exc:
-        raise WebConfigError(f"{label}: cannot read ({exc.strerror})") from None
-    try:
-        doc = yaml.load(raw, Loader=_StrictLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise WebConfigError(f"{label}:{where}: invalid YAML: {problem}") from None
+    raw = read_user_file(p, label, "web config file", WebConfigError)
+    doc = parse_user_yaml(raw, label, WebConfigError, _StrictLoader)
     try:
         return _build(doc, p.absolute().parent)
     except _FieldError as exc:
