@@ -11,6 +11,7 @@ from typing import Any
 
 import attr
 import grafanalib.core as G
+from grafanalib.formatunits import PERCENT_UNIT
 
 SCHEMA_VERSION = 39  # what Grafana 11.0-11.2 writes; 11.3+ and 12 migrate it on load
 TAGS = ["llm-probe"]
@@ -56,38 +57,25 @@ def variables() -> list[Any]:
             type="datasource",
             regex="",
         ),
-        G.Template(
-            name="instance",
-            label="Exporter",
-            query=_label_values("llm_probe_build_info", "instance"),
-            dataSource=DATASOURCE,
-            refresh=G.REFRESH_ON_TIME_RANGE_CHANGE,
-            sort=G.SORT_ALPHA_ASC,
-            regex="",
-        ),
-        G.Template(
-            name="server",
-            label="Server",
-            query=_label_values(f"llm_probe_up{{{HOST}}}", "server"),
-            dataSource=DATASOURCE,
-            includeAll=True,
-            multi=True,
-            refresh=G.REFRESH_ON_TIME_RANGE_CHANGE,
-            sort=G.SORT_ALPHA_ASC,
-            regex="",
-        ),
-        G.Template(
-            name="model",
-            label="Model",
-            query=_label_values(f'llm_probe_up{{{HOST}, server=~"$server"}}', "model"),
-            dataSource=DATASOURCE,
-            includeAll=True,
-            multi=True,
-            refresh=G.REFRESH_ON_TIME_RANGE_CHANGE,
-            sort=G.SORT_ALPHA_ASC,
-            regex="",
-        ),
+        _query_variable("instance", "Exporter", "llm_probe_build_info", multi=False),
+        _query_variable("server", "Server", f"llm_probe_up{{{HOST}}}", multi=True),
+        _query_variable("model", "Model", f'llm_probe_up{{{HOST}, server=~"$server"}}', multi=True),
     ]
+
+
+def _query_variable(name: str, label: str, metric_selector: str, *, multi: bool) -> Any:
+    """A variable holding the values of label `name` (multi: several, with All)."""
+    return G.Template(
+        name=name,
+        label=label,
+        query=_label_values(metric_selector, name),
+        dataSource=DATASOURCE,
+        includeAll=multi,
+        multi=multi,
+        refresh=G.REFRESH_ON_TIME_RANGE_CHANGE,
+        sort=G.SORT_ALPHA_ASC,
+        regex="",
+    )
 
 
 # --- targets ----------------------------------------------------------------------------
@@ -123,6 +111,11 @@ def value_text(*items: tuple[str, str, str]) -> list[Any]:
     return [G.StatValueMappings(*(G.StatValueMappingItem(t, v, c) for v, t, c in items))]
 
 
+def up_down() -> list[Any]:
+    """Value mappings for `llm_probe_up`: 1 up (green), 0 down (red)."""
+    return value_text(("1", "up", "green"), ("0", "down", "red"))
+
+
 def by_name(name: str, **props: Any) -> Json:
     return _override({"id": "byName", "options": name}, props)
 
@@ -142,7 +135,7 @@ def fixed(color: str) -> Json:
     return {"mode": "fixed", "fixedColor": color}
 
 
-def limit_line() -> Json:
+def _limit_line() -> Json:
     """Override for the configured memory limit drawn next to a used ratio (query B)."""
     return by_ref_id(
         "B",
@@ -256,6 +249,22 @@ def timeseries(
             "fieldConfig": {"defaults": defaults},
             "options": {"legend": legend},
         },
+    )
+
+
+def host_ram_against_limit(description: str) -> Any:
+    """Host memory used ratio over time (query A) and the configured limit (query B, dashed)."""
+    return timeseries(
+        "Host RAM used against the limit",
+        description,
+        [
+            target(host_sel("llm_probe_host_memory_used_ratio"), "used"),
+            target(host_sel("llm_probe_memory_limit_ratio"), "limit"),
+        ],
+        PERCENT_UNIT,
+        min_value=0,
+        max_value=1,
+        overrides=[_limit_line()],
     )
 
 

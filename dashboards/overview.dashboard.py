@@ -40,19 +40,9 @@ grid.add(
     h=6,
 )
 grid.add(
-    c.timeseries(
-        "Host RAM used against the limit",
+    c.host_ram_against_limit(
         "Host memory used ratio over time (solid) and the configured probe.memory_limit "
-        "(dashed red): a sweep level whose peak crosses the limit fails and is aborted.",
-        [
-            c.target(c.host_sel("llm_probe_host_memory_used_ratio"), "used"),
-            c.target(c.host_sel("llm_probe_memory_limit_ratio"), "limit"),
-        ],
-        PERCENT_UNIT,
-        min_value=0,
-        max_value=1,
-        overrides=[c.limit_line()],
-        legend_calcs=("lastNotNull", "max"),
+        "(dashed red): a sweep level whose peak crosses the limit fails and is aborted."
     ),
     w=12,
     h=6,
@@ -118,7 +108,7 @@ grid.add(
         "(llm_probe_up).",
         [c.target(c.sel("llm_probe_up"), "{{server}}")],
         SHORT,
-        mappings=c.value_text(("1", "up", "green"), ("0", "down", "red")),
+        mappings=c.up_down(),
         color_mode="background",
     ),
     w=4,

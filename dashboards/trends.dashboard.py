@@ -168,24 +168,15 @@ grid.add(
         "Up",
         "Whether each model's heartbeat succeeded over time (llm_probe_up).",
         [c.target(c.sel("llm_probe_up"), SERIES)],
-        mappings=c.value_text(("1", "up", "green"), ("0", "down", "red")),
+        mappings=c.up_down(),
     ),
     w=8,
     h=8,
 )
 grid.add(
-    c.timeseries(
-        "Host RAM used against the limit",
+    c.host_ram_against_limit(
         "Host memory used ratio over time (solid) and the configured probe.memory_limit "
-        "(dashed red, llm_probe_memory_limit_ratio).",
-        [
-            c.target(c.host_sel("llm_probe_host_memory_used_ratio"), "used"),
-            c.target(c.host_sel("llm_probe_memory_limit_ratio"), "limit"),
-        ],
-        PERCENT_UNIT,
-        min_value=0,
-        max_value=1,
-        overrides=[c.limit_line()],
+        "(dashed red, llm_probe_memory_limit_ratio)."
     ),
     w=8,
     h=8,
